@@ -1,0 +1,34 @@
+"""Baseline energy regularisers that share the bidirectional code path (DESIGN.md section 4).
+
+  none:     0                                         (lower bound only: MEG/VERA-style; diverges)
+  r1:       w * mean ||grad_x E(x_data)||^2           (zero-centred penalty; the authors' EBM_0GP)
+  wgan_gp:  w * mean (||grad_x E(x_hat)|| - 1)^2,     x_hat = eps x_data + (1 - eps) x_fake,
+                                                      eps ~ U(0, 1) per sample (Gulrajani et al.)
+`energy_fn` is batched, x (B, ...) -> (B,), and per-sample independent, so the gradient of
+sum(E) with respect to x is the stack of per-sample input gradients.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def input_grad_sq_norm(energy_fn, x: Array) -> Array:
+  """||grad_x E(x)||^2 per sample, differentiable in the energy parameters (double backprop)."""
+  g = jax.grad(lambda xx: jnp.sum(energy_fn(xx)))(x)
+  return jnp.sum(jnp.reshape(g, (g.shape[0], -1)) ** 2, axis=-1)
+
+
+def r1_penalty(energy_fn, x_data: Array, weight: float) -> Array:
+  """w * mean ||grad_x E(x_data)||^2."""
+  return weight * jnp.mean(input_grad_sq_norm(energy_fn, x_data))
+
+
+def wgan_gp_penalty(energy_fn, x_data: Array, x_fake: Array, key: Array, weight: float) -> Array:
+  """w * mean (||grad_x E(x_hat)|| - 1)^2 on random interpolates x_hat."""
+  eps = jax.random.uniform(key, (x_data.shape[0],) + (1,) * (x_data.ndim - 1), x_data.dtype)
+  x_hat = eps * x_data + (1.0 - eps) * jax.lax.stop_gradient(x_fake)
+  norm = jnp.sqrt(input_grad_sq_norm(energy_fn, x_hat) + 1e-12)
+  return weight * jnp.mean((norm - 1.0) ** 2)

@@ -1,0 +1,59 @@
+"""Upper bound 1: the gradient-penalty (GP) surrogate for KL(p_g || p_theta) (DESIGN.md section 4).
+
+The paper bounds KL(p_g || p_theta) by a gradient term that vanishes when p_theta = p_g. On the
+generator manifold it is evaluated in latent coordinates along a random probe v0 ~ N(0, I_d):
+
+    a(z) = grad_x E(G(z)) . (J v0)          = v0 . grad_z E(G(z)); J v0 held fixed
+    s(z) = v0 . grad_z[-log p_g(G(z))],     -log p_g(G(z)) = 1/2||z||^2 + log_volume(z) + const
+    GP   = 1/2 mean_batch (a(z) - s(z))^2
+    upper_bound_term = relu(w * GP - zeta)
+
+with log_volume = 1/2 log det J^T J (exact) or d log ||J v|| with the s_1 vector v held fixed.
+Since E_v0[(c . v0)^2] = ||c||^2, GP is an unbiased estimate of the latent Fisher divergence
+1/2 ||grad_z E(G(z)) + grad_z log p_g(G(z))||^2. Only the energy receives gradients (double
+backprop through grad_x E); G(z), J v0 and s(z) are stop-gradients.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from bibound_jax.bounds import entropy
+
+Array = jax.Array
+sg = jax.lax.stop_gradient
+
+
+def manifold_score(gen_fn, gen_params, z: Array, probe: Array, v: Array | None) -> Array:
+  """s(z) = probe . grad_z[-log p_g(G(z))] for one z (no gradient)."""
+  logvol = lambda zz: entropy.log_volume(gen_fn, gen_params, zz, v)
+  _, dlogvol = jax.jvp(logvol, (z,), (probe,))
+  return sg(jnp.dot(z, probe) + dlogvol)
+
+
+def gp_fisher(energy_fn: Callable[[Array], Array], gen_fn, gen_params, z: Array, probes: Array,
+              vectors: Array | None = None) -> tuple[Array, Array]:
+  """Per-sample 1/2 (a - s)^2 and the pair (a, s) stacked, for a batch of latents.
+
+  energy_fn: batched energy x (B, ...) -> (B,), per-sample independent, differentiable in its
+    parameters (closed over). gen_fn(params, z) -> x on one sample, in inference mode.
+  z, probes: (B, d). vectors: (B, d) s_1 vectors, or None for the exact log-determinant.
+  """
+  gen_params = sg(gen_params)
+  z = sg(z)
+  one = lambda zi, pi: jax.jvp(lambda zz: gen_fn(gen_params, zz), (zi,), (pi,))
+  x, u = jax.vmap(one)(z, probes)
+  _, a = jax.jvp(energy_fn, (sg(x),), (sg(u),))
+  if vectors is None:
+    s = jax.vmap(lambda zi, pi: manifold_score(gen_fn, gen_params, zi, pi, None))(z, probes)
+  else:
+    s = jax.vmap(lambda zi, pi, vi: manifold_score(gen_fn, gen_params, zi, pi, vi))(
+        z, probes, vectors)
+  return 0.5 * (a - s) ** 2, jnp.stack([a, s])
+
+
+def gp_upper_term(gp: Array, weight: float, margin: float) -> Array:
+  """relu(w * GP - zeta)."""
+  return jax.nn.relu(weight * gp - margin)

@@ -1,0 +1,166 @@
+"""Lower bound 2: entropy of a noisy generator from a lower bound on mutual information (DESIGN.md
+section 3).
+
+Add noise to the generator output: x = G(z) + sigma * eps, eps ~ N(0, I_D), z ~ p0 = N(0, I_d).
+Then p_g is a proper density on R^D and
+
+    H[p_g] = I(X; Z) + H[X | Z],        H[X | Z] = D/2 log(2 pi e sigma^2),
+
+so any lower bound on I(X; Z) gives a lower bound on H[p_g] (`entropy_lower_bound`). *Our choice* of
+MI bounds (the paper's exact form was not available), each with its own small network trained to
+maximise it jointly with G:
+
+  ba        Barber-Agakov:  I >= H(Z) + E_{p(x,z)}[log q_phi(z | x)], q_phi a diagonal Gaussian
+            encoder (`ba_bound`). A true bound for every q_phi, tight iff q_phi is the posterior;
+            it does not saturate. The default.
+  infonce   I >= log K - InfoNCE loss over K in-batch negatives with a critic T(x, z)
+            (`infonce_bound`). A true bound for every critic; it never exceeds log K.
+  jsd       the Deep InfoMax / MEG Jensen-Shannon estimator (`jsd_estimator`). NOT a bound on I.
+
+Network conventions (see `bibound_jax.models.mi`), with x batched (K, ...) and z (K, d):
+  encoder_apply(params, x) -> (mu, logstd), each (K, d)          for 'ba'
+  critic_apply(params, x, z) -> scores (K, K), scores[i, j] = T(x_i, z_j)   for 'infonce', 'jsd'
+Row i, column i is the joint pair (x_i, z_i); the off-diagonal pairs are draws from p(x) p(z)
+(shuffled pairs). `lambda p, *a: module.apply({'params': p}, *a)` serves both signatures.
+
+Every estimate is a Monte Carlo average over the batch, so "bound" means in expectation; the
+per-sample values are returned too.
+
+In the train step (`mi_losses` is the single entry point for both uses):
+
+  critic/encoder (a third TrainState):   loss_C = -mi(phi; sg x_noisy, z)
+  generator:                             loss_G = mean E(x_noisy) - lambda_H (mi(sg phi; x_noisy, z)
+                                                                             + H[X | Z](sigma))
+with x_noisy = G(z) + sigma * eps reparameterised (gradients reach G, and sigma if learned). Both
+networks *maximise* the same MI bound; there is no minimax between them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+sg = jax.lax.stop_gradient
+
+MI_KINDS = ('ba', 'infonce', 'jsd')
+
+
+def output_noise_std(log_sigma_param, floor: float = 0.0) -> Array:
+  """sigma = floor + exp(log_sigma_param): learnable output-noise scale with a hard floor.
+
+  With floor = 0 the parameter is exactly log sigma. For a fixed sigma pass a float (or use
+  `init_log_sigma_param(sigma, floor)` and never update it). The floor keeps H[X | Z] and the
+  encoder's likelihood finite when the generator would like to shrink the noise away.
+  """
+  return floor + jnp.exp(log_sigma_param)
+
+
+def init_log_sigma_param(sigma: float, floor: float = 0.0) -> float:
+  """The parameter value at which `output_noise_std(param, floor) == sigma` (needs sigma > floor)."""
+  if not sigma > floor:
+    raise ValueError(f'output noise sigma={sigma} must exceed its floor {floor}.')
+  return math.log(sigma - floor)
+
+
+def add_output_noise(x: Array, sigma, key: Array) -> Array:
+  """x + sigma * eps, eps ~ N(0, I): reparameterised, differentiable in x and sigma."""
+  return x + sigma * jax.random.normal(key, x.shape, x.dtype)
+
+
+def conditional_entropy(D: int, sigma) -> Array:
+  """H[X | Z] = D/2 log(2 pi e sigma^2) for x = G(z) + sigma * eps in R^D (differentiable in sigma)."""
+  return 0.5 * D * (math.log(2.0 * math.pi * math.e) + 2.0 * jnp.log(sigma))
+
+
+def entropy_lower_bound(mi_value, D: int, sigma) -> Array:
+  """H[p_g] >= mi_value + H[X | Z] for any lower bound mi_value <= I(X; Z)."""
+  return mi_value + conditional_entropy(D, sigma)
+
+
+def gaussian_log_prob(z: Array, mu: Array, logstd: Array) -> Array:
+  """log N(z; mu, diag(exp(2 logstd))), summed over the last axis."""
+  r = (z - mu) * jnp.exp(-logstd)
+  return -0.5 * jnp.sum(r * r + 2.0 * logstd + math.log(2.0 * math.pi), axis=-1)
+
+
+def ba_bound(encoder_apply: Callable, enc_params, x: Array, z: Array) -> tuple[Array, Array]:
+  """Barber-Agakov: I(X; Z) >= H(Z) + E_{p(x, z)}[log q(z | x)], q(z|x) = N(mu(x), diag(exp(2 logstd(x)))).
+
+  H(Z) = d/2 log(2 pi e) assumes z ~ N(0, I_d). The gap is E_x KL(p(z | x) || q(z | x)) >= 0, so
+  the bound holds for every encoder and is exact at the true posterior. (x_i, z_i) must be joint
+  draws. Returns (batch mean, per-sample values (K,)).
+  """
+  d = z.shape[-1]
+  mu, logstd = encoder_apply(enc_params, x)
+  h_z = 0.5 * d * math.log(2.0 * math.pi * math.e)
+  per_sample = h_z + gaussian_log_prob(z, mu, logstd)
+  return jnp.mean(per_sample), per_sample
+
+
+def infonce_bound(critic_apply: Callable, critic_params, x: Array, z: Array) -> tuple[Array, Array]:
+  """I(X; Z) >= E[ T(x_i, z_i) - log (1/K sum_j exp T(x_i, z_j)) ] (van den Oord et al.; Poole et al.).
+
+  The critic scores all K x K pairs of the batch; for row i the other K - 1 latents are the
+  negatives. Each per-sample term is log K + T_ii - logsumexp_j T_ij <= log K (logsumexp >= its
+  largest term), so the estimate saturates at log K whatever the critic. Returns (batch mean,
+  per-sample values (K,)).
+  """
+  scores = critic_apply(critic_params, x, z)
+  k = scores.shape[0]
+  per_sample = math.log(k) + jnp.diagonal(scores) - jax.nn.logsumexp(scores, axis=1)
+  return jnp.mean(per_sample), per_sample
+
+
+def jsd_estimator(critic_apply: Callable, critic_params, x: Array, z: Array) -> tuple[Array, Array]:
+  """Deep InfoMax / MEG Jensen-Shannon estimator. NOT a bound on I(X; Z).
+
+      J = E_{p(x,z)}[-softplus(-T(x, z))] - E_{p(x)p(z)}[softplus(T(x, z'))]
+
+  i.e. the negated logistic loss of classifying joint pairs (the diagonal of the K x K score
+  matrix) against shuffled pairs (all off-diagonal entries). Its supremum over critics is
+  2 JSD(p(x,z) || p(x)p(z)) - 2 log 2 <= 0, attained at T = log p(x,z) / (p(x) p(z)). It is
+  monotone in the dependence between x and z, which is why MEG maximises it, but it neither
+  lower- nor upper-bounds I, so mi + H[X|Z] with it is not an entropy bound. Kept for parity
+  with MEG. Returns (batch mean, per-sample values (K,)) with per-sample
+  -softplus(-T_ii) - mean_{j != i} softplus(T_ij). Needs K >= 2.
+  """
+  scores = critic_apply(critic_params, x, z)
+  k = scores.shape[0]
+  off = 1.0 - jnp.eye(k, dtype=scores.dtype)
+  joint = -jax.nn.softplus(-jnp.diagonal(scores))
+  marginal = jnp.sum(jax.nn.softplus(scores) * off, axis=1) / (k - 1)
+  per_sample = joint - marginal
+  return jnp.mean(per_sample), per_sample
+
+
+def get_mi_fn(kind: str) -> Callable:
+  """The estimator `f(apply, params, x, z) -> (mean, per_sample)` called `kind`."""
+  fns = {'ba': ba_bound, 'infonce': infonce_bound, 'jsd': jsd_estimator}
+  if kind not in fns:
+    raise ValueError(f'Unknown MI estimator {kind!r}; valid: {", ".join(MI_KINDS)}.')
+  return fns[kind]
+
+
+def mi_losses(kind: str, critic_apply: Callable, critic_params, x_noisy: Array,
+              z: Array) -> tuple[Array, dict]:
+  """(mi_value, aux): the differentiable MI estimate named `kind` and scalar diagnostics.
+
+  One function for both updates; the caller decides what is held fixed:
+    critic step:     loss_C = -mi_losses(kind, apply, c_params, sg(x_noisy), z)[0],
+                     differentiated w.r.t. c_params;
+    generator step:  H_lo = entropy_lower_bound(mi_losses(kind, apply, sg(c_params), x_noisy, z)[0],
+                                                D, sigma);
+                     loss_G = mean E(x_noisy) - lambda_H * H_lo, differentiated w.r.t. G's params.
+  x_noisy = G(z) + sigma * eps must be built from the same z (joint pairs). For 'ba' critic_apply
+  is the encoder, apply(params, x) -> (mu, logstd); otherwise apply(params, x, z) -> (K, K).
+  aux: {'mi': value} (stop-gradient), plus 'mi/log_k' for 'infonce' (its ceiling; a value near
+  it means the bound is saturated and K is too small).
+  """
+  value, _ = get_mi_fn(kind)(critic_apply, critic_params, x_noisy, z)
+  aux = {'mi': sg(value)}
+  if kind == 'infonce':
+    aux['mi/log_k'] = jnp.asarray(math.log(z.shape[0]), value.dtype)
+  return value, aux

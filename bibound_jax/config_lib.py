@@ -1,0 +1,58 @@
+"""Config validation: every bad value gets an error that names the key and the valid choices.
+
+Unknown keys and ill-typed overrides on the command line are rejected by `ml_collections`
+itself (the config is locked and typed); this module checks the *values*.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from bibound_jax.bounds import entropy
+from bibound_jax.train import LOWER_BOUNDS, UPPER_BOUNDS
+
+
+class ConfigError(ValueError):
+  """A config value is invalid; the message names the key and the fix."""
+
+
+def _choice(config, key: str, valid: Iterable[str]) -> None:
+  value = _get(config, key)
+  valid = tuple(valid)
+  if value not in valid:
+    raise ConfigError(f'config.{key} = {value!r} is not valid; choose one of: '
+                      f'{", ".join(valid)}.')
+
+
+def _positive(config, key: str, allow_zero: bool = False) -> None:
+  value = _get(config, key)
+  if not isinstance(value, (int, float)) or value < 0 or (value == 0 and not allow_zero):
+    bound = '>= 0' if allow_zero else '> 0'
+    raise ConfigError(f'config.{key} = {value!r}; it must be a number {bound}.')
+
+
+def _get(config, key: str):
+  node = config
+  for part in key.split('.'):
+    if part not in node:
+      raise ConfigError(f'config.{key} is missing; the config file must define it.')
+    node = node[part]
+  return node
+
+
+def validate_config(config, datasets: Iterable[str]) -> None:
+  """Check names and ranges of a training config; raise ConfigError naming the key."""
+  _choice(config, 'data.name', datasets)
+  _choice(config, 'bounds.lower', LOWER_BOUNDS)
+  _choice(config, 'bounds.upper', UPPER_BOUNDS)
+  _choice(config, 'bounds.estimator', entropy.ESTIMATORS)
+  for key in ('bounds.num_iters', 'bounds.block_size', 'bounds.cg_iters', 'optim.n_critic',
+              'train.batch_size', 'train.num_steps', 'train.log_every', 'train.eval_every',
+              'train.checkpoint_every', 'train.keep_checkpoints', 'optim.lr_energy',
+              'eval.num_samples', 'eval.grid_spacing', 'eval.gp_samples',
+              'optim.lr_generator', 'model.generator.latent_dim'):
+    _positive(config, key)
+  for key in ('bounds.lambda_h', 'bounds.gp_weight', 'bounds.gp_margin', 'bounds.r1_weight',
+              'bounds.wgan_gp_weight', 'optim.grad_clip', 'optim.b1', 'optim.b2', 'optim.eps'):
+    _positive(config, key, allow_zero=True)
+  if not (0 <= config.optim.b1 < 1 and 0 <= config.optim.b2 < 1):
+    raise ConfigError('config.optim.b1 and config.optim.b2 must lie in [0, 1).')

@@ -1,0 +1,236 @@
+"""Train states and the jit-compiled bidirectional train step (DESIGN.md section 1).
+
+One iteration = `n_critic` energy updates, then one generator update:
+
+    energy:     loss_E = mean E(x_data) - mean E(sg G(z)) + upper_bound_term(E; G)
+    generator:  loss_G = mean E(G(z')) - lambda_H * mean log_volume(G; z')
+
+The energy minimises the upper bound L_up = L_lo + B; the generator maximises the lower bound
+L_lo = E_data[E] - E_{p_g}[E] + H[p_g] (H[p0] is a constant and is dropped from the loss, not
+from the reported values). Bounds are chosen by name in `config.bounds`:
+
+    lower in {'sv', 'none'}                      entropy term of the generator loss
+    upper in {'gp', 'none', 'r1', 'wgan_gp'}     energy regulariser
+
+Jacobian terms use the generator with BatchNorm in inference mode (running statistics), as the
+authors do; samples for the energies use batch statistics, and only the generator update writes
+new running statistics.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from bibound_jax.bounds import baselines
+from bibound_jax.bounds import entropy
+from bibound_jax.bounds import gradient_penalty
+
+LOWER_BOUNDS = ('sv', 'none')
+UPPER_BOUNDS = ('gp', 'none', 'r1', 'wgan_gp')
+sg = jax.lax.stop_gradient
+
+
+class TrainState(train_state.TrainState):
+  """Flax TrainState plus BatchNorm running statistics (None for networks without BN)."""
+  batch_stats: Any = None
+
+
+@flax.struct.dataclass
+class BiboundState:
+  """Everything a run carries between iterations: both networks and the iteration count."""
+  step: jax.Array
+  energy: TrainState
+  generator: TrainState
+
+
+def make_optimizer(optim_config, learning_rate: float) -> optax.GradientTransformation:
+  """Adam(b1, b2, eps) at `learning_rate`, optionally after global-norm clipping."""
+  tx = optax.adam(learning_rate, b1=optim_config.b1, b2=optim_config.b2, eps=optim_config.eps)
+  if optim_config.get('grad_clip', 0.0):
+    tx = optax.chain(optax.clip_by_global_norm(optim_config.grad_clip), tx)
+  return tx
+
+
+def create_state(config, energy_model, gen_model, key: jax.Array, data_shape) -> BiboundState:
+  """Initialise both networks and their optimisers."""
+  k_e, k_g = jax.random.split(key)
+  latent_dim = gen_model.latent_dim
+  x0 = jnp.zeros((2,) + tuple(data_shape), jnp.float32)
+  z0 = jnp.zeros((2, latent_dim), jnp.float32)
+  e_vars = energy_model.init(k_e, x0)
+  g_vars = gen_model.init(k_g, z0, train=False)
+  energy = TrainState.create(apply_fn=energy_model.apply, params=e_vars['params'],
+                             tx=make_optimizer(config.optim, config.optim.lr_energy),
+                             batch_stats=e_vars.get('batch_stats'))
+  generator = TrainState.create(apply_fn=gen_model.apply, params=g_vars['params'],
+                                tx=make_optimizer(config.optim, config.optim.lr_generator),
+                                batch_stats=g_vars.get('batch_stats'))
+  # TrainState.create starts `step` as a Python int (weakly typed); after one update it is an
+  # int32 array, which would retrace the step. Start it as int32 so the step compiles once.
+  zero = lambda: jnp.zeros((), jnp.int32)  # distinct buffers: the step donates its input
+  return BiboundState(step=zero(), energy=energy.replace(step=zero()),
+                      generator=generator.replace(step=zero()))
+
+
+def _variables(params, batch_stats):
+  return {'params': params} if batch_stats is None else {'params': params,
+                                                         'batch_stats': batch_stats}
+
+
+def inference_generator_fn(gen: TrainState) -> Callable:
+  """fn(params, z) -> x for ONE latent z (d,), BatchNorm on running statistics."""
+  def fn(params, z):
+    return gen.apply_fn(_variables(params, gen.batch_stats), z[None], train=False)[0]
+  return fn
+
+
+def generate(gen: TrainState, z: jax.Array, train: bool = True):
+  """G(z) for a batch; in training mode also the updated BatchNorm statistics."""
+  if gen.batch_stats is None or not train:
+    return gen.apply_fn(_variables(gen.params, gen.batch_stats), z, train=train), gen.batch_stats
+  x, updates = gen.apply_fn(_variables(gen.params, gen.batch_stats), z, train=True,
+                            mutable=['batch_stats'])
+  return x, updates['batch_stats']
+
+
+def bound_names(bounds_config) -> tuple[str, str]:
+  """Validated (lower, upper) names; a clear error lists the valid ones."""
+  lower, upper = bounds_config.lower, bounds_config.upper
+  if lower not in LOWER_BOUNDS:
+    raise ValueError(f'Unknown lower bound {lower!r}; valid: {", ".join(LOWER_BOUNDS)}.')
+  if upper not in UPPER_BOUNDS:
+    raise ValueError(f'Unknown upper bound {upper!r}; valid: {", ".join(UPPER_BOUNDS)}.')
+  return lower, upper
+
+
+def make_estimator(bounds_config):
+  """The SV entropy estimator named by `bounds.estimator`, options bound."""
+  return entropy.get_estimator(bounds_config.estimator, num_iters=bounds_config.num_iters,
+                               block_size=bounds_config.block_size,
+                               cg_iters=bounds_config.cg_iters)
+
+
+def _global_norm(tree) -> jax.Array:
+  return optax.global_norm(tree)
+
+
+def energy_loss(e_params, state: BiboundState, x_data, z, key, config):
+  """loss_E = mean E(x_data) - mean E(sg G(z)) + upper_bound_term, and its diagnostics."""
+  bcfg = config.bounds
+  _, upper = bound_names(bcfg)
+  energy_fn = lambda x: state.energy.apply_fn({'params': e_params}, x)
+  x_fake, _ = generate(state.generator, z, train=True)
+  x_fake = sg(x_fake)
+  e_real, e_fake = energy_fn(x_data), energy_fn(x_fake)
+  aux = {'energy_real': jnp.mean(e_real), 'energy_fake': jnp.mean(e_fake)}
+  k_probe, k_est, k_interp = jax.random.split(key, 3)
+  if upper == 'gp':
+    gen = state.generator
+    gen_fn = inference_generator_fn(gen)
+    if bcfg.estimator == 'exact_logdet':
+      vectors = None
+    else:
+      vectors = entropy.batched_log_volume(make_estimator(bcfg), gen_fn, sg(gen.params), z,
+                                           k_est).vector
+    probes = jax.random.normal(k_probe, z.shape, z.dtype)
+    per_sample, _ = gradient_penalty.gp_fisher(energy_fn, gen_fn, gen.params, z, probes, vectors)
+    aux['gp'] = jnp.mean(per_sample)
+    upper_term = gradient_penalty.gp_upper_term(aux['gp'], bcfg.gp_weight, bcfg.gp_margin)
+  elif upper == 'r1':
+    upper_term = baselines.r1_penalty(energy_fn, x_data, bcfg.r1_weight)
+  elif upper == 'wgan_gp':
+    upper_term = baselines.wgan_gp_penalty(energy_fn, x_data, x_fake, k_interp,
+                                           bcfg.wgan_gp_weight)
+  else:
+    upper_term = jnp.zeros(())
+  aux['upper_term'] = upper_term
+  loss = aux['energy_real'] - aux['energy_fake'] + upper_term
+  return loss, aux
+
+
+def generator_loss(g_params, state: BiboundState, z, key, config):
+  """loss_G = mean E(G(z)) - lambda_H * mean log_volume(G; z), and diagnostics."""
+  bcfg = config.bounds
+  lower, _ = bound_names(bcfg)
+  gen = state.generator.replace(params=g_params)
+  x, new_stats = generate(gen, z, train=True)
+  e_fake = state.energy.apply_fn({'params': state.energy.params}, x)
+  aux = {'new_batch_stats': new_stats}
+  loss = jnp.mean(e_fake)
+  if lower == 'sv':
+    est = entropy.batched_log_volume(make_estimator(bcfg), inference_generator_fn(gen),
+                                     g_params, z, key)
+    log_vol = jnp.mean(est.value)
+    loss = loss - bcfg.lambda_h * log_vol
+    aux.update({
+        'entropy': entropy.gaussian_entropy(z.shape[-1]) + sg(log_vol),
+        'sv/smin': jnp.mean(est.smin),
+        'sv/residual': jnp.mean(est.residual),
+        'sv/iterations': jnp.mean(est.iterations.astype(jnp.float32)),
+    })
+  return loss, aux
+
+
+def check_batch_shape(shape, config) -> None:
+  """Raise a clear error unless shape == (n_critic, B, *config.data.shape)."""
+  expected = (config.optim.n_critic, '<B>') + tuple(config.data.shape)
+  if (len(shape) != len(expected) or shape[0] != config.optim.n_critic
+      or tuple(shape[2:]) != tuple(config.data.shape)):
+    raise ValueError(
+        f'train_step got a batch of shape {tuple(shape)}; expected (n_critic, B, *data.shape) = '
+        f'{expected} with n_critic = config.optim.n_critic and data.shape = config.data.shape. '
+        'Reshape the batch or fix the config.')
+
+
+def train_step(state: BiboundState, batch: jax.Array, rng: jax.Array, *, config):
+  """One iteration: `n_critic` energy updates (one per leading slice of `batch`), then one
+  generator update. batch: (n_critic, B, *data_shape). Returns (new_state, metrics)."""
+  check_batch_shape(batch.shape, config)
+  n_critic, batch_size = batch.shape[0], batch.shape[1]
+  latent_dim = config.model.generator.latent_dim
+  k_energy, k_gen = jax.random.split(jax.random.fold_in(rng, state.step))
+
+  def critic_step(carry, inputs):
+    st = carry
+    x_data, key = inputs
+    k_z, k_loss = jax.random.split(key)
+    z = jax.random.normal(k_z, (batch_size, latent_dim), jnp.float32)
+    (loss, aux), grads = jax.value_and_grad(energy_loss, has_aux=True)(
+        st.energy.params, st, x_data, z, k_loss, config)
+    aux = dict(aux, loss_energy=loss, grad_norm_energy=_global_norm(grads))
+    return st.replace(energy=st.energy.apply_gradients(grads=grads)), aux
+
+  state, e_aux = jax.lax.scan(critic_step, state,
+                              (batch, jax.random.split(k_energy, n_critic)))
+  e_aux = jax.tree.map(lambda a: a[-1], e_aux)
+
+  k_z, k_loss = jax.random.split(k_gen)
+  z = jax.random.normal(k_z, (batch_size, latent_dim), jnp.float32)
+  (g_loss, g_aux), g_grads = jax.value_and_grad(generator_loss, has_aux=True)(
+      state.generator.params, state, z, k_loss, config)
+  new_stats = g_aux.pop('new_batch_stats')
+  generator = state.generator.apply_gradients(grads=g_grads).replace(batch_stats=new_stats)
+  state = state.replace(step=state.step + 1, generator=generator)
+
+  metrics = dict(e_aux, **g_aux, loss_generator=g_loss, grad_norm_generator=_global_norm(g_grads))
+  if 'entropy' in metrics:
+    metrics['lower_bound'] = metrics['energy_real'] - metrics['energy_fake'] + metrics['entropy']
+    metrics['upper_bound'] = metrics['lower_bound'] + metrics['upper_term']
+    metrics['gap'] = metrics['upper_term']
+  return state, metrics
+
+
+def make_train_step(config, donate: bool = True):
+  """jit-compiled `train_step(state, batch, rng) -> (state, metrics)` for a fixed config.
+
+  The config is closed over (static); the step compiles once per input shape. With `donate`,
+  the input state's buffers are reused: never touch a state after passing it in.
+  """
+  step = functools.partial(train_step, config=config)
+  return jax.jit(step, donate_argnums=(0,) if donate else ())

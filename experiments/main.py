@@ -1,0 +1,45 @@
+"""Entry point: python -m experiments.main --config=configs/toy.py --workdir=DIR.
+
+Flags:
+  --config   a config file (`configs/NAME.py`, optionally `:ARG` for a variant); any field can be
+             overridden, e.g. --config.train.num_steps=2000. Unknown keys and ill-typed values
+             are rejected with the key named.
+  --workdir  where checkpoints, metrics, TensorBoard files and figures go; rerunning with the
+             same workdir resumes from the latest checkpoint.
+"""
+import logging as pylogging
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and figures.')
+config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
+                                lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+class _QuietLibraries(pylogging.Filter):
+  """Keep orbax's per-save INFO chatter out of the run log (warnings still pass)."""
+
+  def filter(self, record):
+    return record.levelno >= pylogging.WARNING or '/orbax/' not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected command-line arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  # Imported here so that --help and flag errors do not wait for JAX and TensorFlow.
+  import jax
+  from experiments import run
+
+  logging.info('JAX process %d/%d, local devices: %s', jax.process_index(), jax.process_count(),
+               jax.local_devices())
+  run.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

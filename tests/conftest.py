@@ -1,0 +1,35 @@
+"""Shared test fixtures: small random MLP generators with a known dense Jacobian."""
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+
+def mlp_params(key, d, D, hidden=48, dtype=jnp.float64):
+  """A random 3-layer tanh MLP R^d -> R^D (D >> d), scaled so J is well defined."""
+  k1, k2, k3, k4 = jax.random.split(key, 4)
+  return {
+      'w1': jax.random.normal(k1, (d, hidden), dtype) / np.sqrt(d),
+      'b1': 0.1 * jax.random.normal(k4, (hidden,), dtype),
+      'w2': jax.random.normal(k2, (hidden, hidden), dtype) / np.sqrt(hidden),
+      'w3': jax.random.normal(k3, (hidden, D), dtype) / np.sqrt(hidden),
+  }
+
+
+def mlp_fn(params, z):
+  """G(z) for one latent z (d,) -> (D,)."""
+  h = jnp.tanh(z @ params['w1'] + params['b1'])
+  h = jnp.tanh(h @ params['w2'])
+  return h @ params['w3']
+
+
+@pytest.fixture
+def x64():
+  with jax.enable_x64(True):
+    yield

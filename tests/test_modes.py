@@ -1,0 +1,62 @@
+"""Mode histogram, mode count and KL(histogram || uniform); channel-wise classification."""
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bibound_jax.metrics import modes as modes_lib
+
+
+def test_exactly_balanced_sample_has_all_modes_and_zero_kl():
+  modes = np.repeat(np.arange(1000), 26)
+  assert modes_lib.count_modes(modes) == 1000
+  np.testing.assert_array_equal(modes_lib.mode_histogram(modes), np.full(1000, 26))
+  assert modes_lib.kl_to_uniform(modes) == 0.0
+
+
+def test_uniform_random_sample_has_all_modes_and_small_kl():
+  modes = np.random.default_rng(0).integers(0, 1000, size=26_000)
+  assert modes_lib.count_modes(modes) == 1000
+  # E[KL] ~ (M - 1) / (2N) = 0.019 for a multinomial sample.
+  assert 0 < modes_lib.kl_to_uniform(modes) < 0.04
+
+
+def test_single_mode_sample():
+  modes = np.full(500, 123)
+  assert modes_lib.count_modes(modes) == 1
+  assert modes_lib.kl_to_uniform(modes) == pytest.approx(math.log(1000), rel=1e-12)
+
+
+def test_two_mode_sample_by_hand():
+  modes = np.array([3, 3, 3, 7])   # p = (3/4, 1/4) on two of the modes.
+  assert modes_lib.count_modes(modes) == 2
+  expected = 0.75 * math.log(0.75 * 1000) + 0.25 * math.log(0.25 * 1000)
+  assert modes_lib.kl_to_uniform(modes) == pytest.approx(expected, rel=1e-12)
+  assert modes_lib.kl_to_uniform(modes, num_modes=8) == pytest.approx(
+      0.75 * math.log(6) + 0.25 * math.log(2), rel=1e-12)
+
+
+def test_histogram_rejects_out_of_range_modes():
+  with pytest.raises(ValueError, match='modes'):
+    modes_lib.mode_histogram([0, 1000])
+  with pytest.raises(ValueError, match='modes'):
+    modes_lib.kl_to_uniform([-1])
+  with pytest.raises(ValueError, match='sample'):
+    modes_lib.kl_to_uniform(np.zeros((0,), np.int32))
+
+
+def _brightness_classifier(params, images):
+  """A fake classifier: digit k <=> constant image value k / 10 - 0.5 (params = scale)."""
+  centres = jnp.arange(10) / 10 - 0.5
+  mean = images.reshape(images.shape[0], -1).mean(axis=1)
+  return -params * (mean[:, None] - centres[None, :]) ** 2
+
+
+def test_classify_stacked_uses_each_channel_in_order():
+  rng = np.random.default_rng(0)
+  digits = rng.integers(0, 10, size=(37, 3))   # 37: the last batch of 16 is padded.
+  x = np.broadcast_to((digits / 10 - 0.5)[:, None, None, :], (37, 28, 28, 3)).astype(np.float32)
+  got = modes_lib.classify_stacked(_brightness_classifier, 1.0, x, batch_size=16)
+  assert got.dtype == np.int32
+  np.testing.assert_array_equal(got, 100 * digits[:, 0] + 10 * digits[:, 1] + digits[:, 2])
