@@ -45,6 +45,7 @@ def validate_config(config, datasets: Iterable[str]) -> None:
   _choice(config, 'bounds.lower', LOWER_BOUNDS)
   _choice(config, 'bounds.upper', UPPER_BOUNDS)
   _choice(config, 'bounds.estimator', entropy.ESTIMATORS)
+  _choice(config, 'bounds.gp_weight_schedule', ('constant', 'decay'))
   for key in ('bounds.num_iters', 'bounds.block_size', 'bounds.cg_iters', 'optim.n_critic',
               'train.batch_size', 'train.num_steps', 'train.log_every', 'train.eval_every',
               'train.checkpoint_every', 'train.keep_checkpoints', 'optim.lr_energy',

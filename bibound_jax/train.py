@@ -141,7 +141,9 @@ def energy_loss(e_params, state: BiboundState, x_data, z, key, config):
     probes = jax.random.normal(k_probe, z.shape, z.dtype)
     per_sample, _ = gradient_penalty.gp_fisher(energy_fn, gen_fn, gen.params, z, probes, vectors)
     aux['gp'] = jnp.mean(per_sample)
-    upper_term = gradient_penalty.gp_upper_term(aux['gp'], bcfg.gp_weight, bcfg.gp_margin)
+    weight = gradient_penalty.gp_weight(state.step, bcfg.gp_weight,
+                                        bcfg.get('gp_weight_schedule', 'constant'))
+    upper_term = gradient_penalty.gp_upper_term(aux['gp'], weight, bcfg.gp_margin)
   elif upper == 'r1':
     upper_term = baselines.r1_penalty(energy_fn, x_data, bcfg.r1_weight)
   elif upper == 'wgan_gp':

@@ -128,7 +128,9 @@ class ToyEvaluator:
     h_est = entropy.gaussian_entropy(d) + float(np.mean(
         _chunked(lambda z: self._est_log_volume(gen, z, self.k_est), self.z, 2048)))
     gp = float(self._gp(e_params, gen, self.gp_z, self.gp_probes))
-    upper_term = max(cfg.bounds.gp_weight * gp - cfg.bounds.gp_margin, 0.0)
+    weight = float(gradient_penalty.gp_weight(int(state.step), cfg.bounds.gp_weight,
+                                              cfg.bounds.gp_weight_schedule))
+    upper_term = max(weight * gp - cfg.bounds.gp_margin, 0.0)
     nll = e_data + log_z
     lower = e_data - e_fake + h_exact
     m = {

@@ -54,6 +54,20 @@ def gp_fisher(energy_fn: Callable[[Array], Array], gen_fn, gen_params, z: Array,
   return 0.5 * (a - s) ** 2, jnp.stack([a, s])
 
 
-def gp_upper_term(gp: Array, weight: float, margin: float) -> Array:
+def gp_upper_term(gp: Array, weight, margin: float) -> Array:
   """relu(w * GP - zeta)."""
   return jax.nn.relu(weight * gp - margin)
+
+
+def gp_weight(step, weight: float, schedule: str = 'constant', decay=(0.7, 2307.0, 0.55)):
+  """The GP weight w at iteration `step`.
+
+  'constant': w.   'decay': the authors' toy schedule w_t = a (b + t)^(-c) with
+  (a, b, c) = (0.7, 2307, 0.55): about 1e-2 at t = 0 and 1e-3 at t = 150k.
+  """
+  if schedule == 'constant':
+    return jnp.asarray(weight, jnp.float32)
+  if schedule == 'decay':
+    a, b, c = decay
+    return a * (b + jnp.asarray(step, jnp.float32)) ** (-c)
+  raise ValueError(f"Unknown GP weight schedule {schedule!r}; valid: constant, decay.")

@@ -11,7 +11,8 @@ def create_models(model_config, data_shape):
   """(energy, generator) Flax modules from `config.model`."""
   e_cfg, g_cfg = model_config.energy, model_config.generator
   if e_cfg.name == 'mlp':
-    energy = MLPEnergy(hidden=tuple(e_cfg.hidden))
+    energy = MLPEnergy(hidden=tuple(e_cfg.hidden),
+                       spectral_norm=e_cfg.get('spectral_norm', False))
   else:
     raise ValueError(f'Unknown energy network {e_cfg.name!r}; valid: {", ".join(ENERGIES)}.')
   if g_cfg.name == 'mlp':
