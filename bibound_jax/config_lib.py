@@ -46,10 +46,12 @@ def validate_config(config, datasets: Iterable[str]) -> None:
   _choice(config, 'bounds.upper', UPPER_BOUNDS)
   _choice(config, 'bounds.estimator', entropy.ESTIMATORS)
   _choice(config, 'bounds.gp_weight_schedule', ('constant', 'decay'))
+  _choice(config, 'train.nonfinite', ('stop', 'skip'))
   for key in ('bounds.num_iters', 'bounds.block_size', 'bounds.cg_iters', 'optim.n_critic',
               'train.batch_size', 'train.num_steps', 'train.log_every', 'train.eval_every',
               'train.checkpoint_every', 'train.keep_checkpoints', 'optim.lr_energy',
               'eval.num_samples', 'eval.grid_spacing', 'eval.gp_samples',
+              'train.divergence_gap', 'train.divergence_energy',
               'optim.lr_generator', 'model.generator.latent_dim'):
     _positive(config, key)
   for key in ('bounds.lambda_h', 'bounds.gp_weight', 'bounds.gp_margin', 'bounds.r1_weight',

@@ -43,10 +43,12 @@ class TrainState(train_state.TrainState):
 
 @flax.struct.dataclass
 class BiboundState:
-  """Everything a run carries between iterations: both networks and the iteration count."""
+  """Everything a run carries between iterations: both networks, the iteration count and the
+  number of updates skipped for non-finite values (`train.nonfinite = 'skip'`)."""
   step: jax.Array
   energy: TrainState
   generator: TrainState
+  skipped: jax.Array
 
 
 def make_optimizer(optim_config, learning_rate: float) -> optax.GradientTransformation:
@@ -75,7 +77,7 @@ def create_state(config, energy_model, gen_model, key: jax.Array, data_shape) ->
   # int32 array, which would retrace the step. Start it as int32 so the step compiles once.
   zero = lambda: jnp.zeros((), jnp.int32)  # distinct buffers: the step donates its input
   return BiboundState(step=zero(), energy=energy.replace(step=zero()),
-                      generator=generator.replace(step=zero()))
+                      generator=generator.replace(step=zero()), skipped=zero())
 
 
 def _variables(params, batch_stats):
@@ -118,6 +120,19 @@ def make_estimator(bounds_config):
 
 def _global_norm(tree) -> jax.Array:
   return optax.global_norm(tree)
+
+
+def _all_finite(*trees) -> jax.Array:
+  leaves = [x for t in trees for x in jax.tree.leaves(t)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _keep_if_finite(new: TrainState, old: TrainState, finite, skip: bool) -> TrainState:
+  """With `skip`, drop an update whose loss, metrics or gradients are not finite (the caller
+  counts it); otherwise take it as is and let the run loop stop with an error."""
+  if not skip:
+    return new
+  return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
 
 
 def energy_loss(e_params, state: BiboundState, x_data, z, key, config):
@@ -194,6 +209,7 @@ def train_step(state: BiboundState, batch: jax.Array, rng: jax.Array, *, config)
   """One iteration: `n_critic` energy updates (one per leading slice of `batch`), then one
   generator update. batch: (n_critic, B, *data_shape). Returns (new_state, metrics)."""
   check_batch_shape(batch.shape, config)
+  skip = config.train.get('nonfinite', 'stop') == 'skip'
   n_critic, batch_size = batch.shape[0], batch.shape[1]
   latent_dim = config.model.generator.latent_dim
   k_energy, k_gen = jax.random.split(jax.random.fold_in(rng, state.step))
@@ -205,11 +221,15 @@ def train_step(state: BiboundState, batch: jax.Array, rng: jax.Array, *, config)
     z = jax.random.normal(k_z, (batch_size, latent_dim), jnp.float32)
     (loss, aux), grads = jax.value_and_grad(energy_loss, has_aux=True)(
         st.energy.params, st, x_data, z, k_loss, config)
-    aux = dict(aux, loss_energy=loss, grad_norm_energy=_global_norm(grads))
-    return st.replace(energy=st.energy.apply_gradients(grads=grads)), aux
+    finite = _all_finite(loss, aux, grads)
+    aux = dict(aux, loss_energy=loss, grad_norm_energy=_global_norm(grads),
+               finite_energy=finite)
+    energy = _keep_if_finite(st.energy.apply_gradients(grads=grads), st.energy, finite, skip)
+    return st.replace(energy=energy), aux
 
   state, e_aux = jax.lax.scan(critic_step, state,
                               (batch, jax.random.split(k_energy, n_critic)))
+  e_finite = jnp.all(e_aux.pop('finite_energy'))
   e_aux = jax.tree.map(lambda a: a[-1], e_aux)
 
   k_z, k_loss = jax.random.split(k_gen)
@@ -217,10 +237,16 @@ def train_step(state: BiboundState, batch: jax.Array, rng: jax.Array, *, config)
   (g_loss, g_aux), g_grads = jax.value_and_grad(generator_loss, has_aux=True)(
       state.generator.params, state, z, k_loss, config)
   new_stats = g_aux.pop('new_batch_stats')
-  generator = state.generator.apply_gradients(grads=g_grads).replace(batch_stats=new_stats)
-  state = state.replace(step=state.step + 1, generator=generator)
+  g_finite = _all_finite(g_loss, g_aux, g_grads, new_stats)
+  generator = _keep_if_finite(
+      state.generator.apply_gradients(grads=g_grads).replace(batch_stats=new_stats),
+      state.generator, g_finite, skip)
+  finite = jnp.logical_and(e_finite, g_finite)
+  state = state.replace(step=state.step + 1, generator=generator,
+                        skipped=state.skipped + (1 - finite.astype(jnp.int32)))
 
-  metrics = dict(e_aux, **g_aux, loss_generator=g_loss, grad_norm_generator=_global_norm(g_grads))
+  metrics = dict(e_aux, **g_aux, loss_generator=g_loss, grad_norm_generator=_global_norm(g_grads),
+                 nonfinite=1.0 - finite.astype(jnp.float32))
   if 'entropy' in metrics:
     metrics['lower_bound'] = metrics['energy_real'] - metrics['energy_fake'] + metrics['entropy']
     metrics['upper_bound'] = metrics['lower_bound'] + metrics['upper_term']

@@ -68,6 +68,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.eval_every = 10_000
   config.train.checkpoint_every = 10_000
   config.train.keep_checkpoints = 3
+  config.train.nonfinite = 'stop'        # 'stop': error naming the step; 'skip': drop the update
+  config.train.divergence_gap = 50.0     # warn when E(fake) - E(real) exceeds this
+  config.train.divergence_energy = 1e3   # ... or when |E| exceeds this
 
   config.eval = ml_collections.ConfigDict()
   config.eval.num_samples = 10_000     # generator and data samples for metrics and plots

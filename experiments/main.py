@@ -8,6 +8,7 @@ Flags:
              same workdir resumes from the latest checkpoint.
 """
 import logging as pylogging
+import sys
 
 from absl import app
 from absl import flags
@@ -34,11 +35,16 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   # Imported here so that --help and flag errors do not wait for JAX and TensorFlow.
   import jax
+  from bibound_jax import config_lib
   from experiments import run
 
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
-  run.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    run.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (config_lib.ConfigError, run.CheckpointError, run.NonFiniteError) as e:
+    # Bad input or a diverged run: one clear message, no traceback, exit status 1.
+    sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from typing import Any
 
 import jax
@@ -39,10 +40,20 @@ def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
                                options=options)
 
 
+_all_finite = jax.jit(lambda tree: jnp.all(jnp.stack(
+    [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)])))
+
+
 def save_checkpoint(manager: ocp.CheckpointManager, state: train.BiboundState, rng: jax.Array,
                     config) -> None:
-  """Save both TrainStates, the iteration count and the run's PRNG key at `state.step`."""
+  """Save both TrainStates, the iteration count and the run's PRNG key at `state.step`.
+
+  Orbax writes to a temporary directory and renames it when complete, so a save killed half
+  way is never listed as a checkpoint. A state with NaN/Inf parameters is never saved."""
   step = int(state.step)
+  if not bool(_all_finite((state.energy.params, state.generator.params))):
+    raise NonFiniteError(f'Refusing to checkpoint iteration {step}: the parameters are not '
+                         'finite. The last good checkpoint is kept.')
   items = {'state': state, 'rng': jax.random.key_data(rng)}
   manager.save(step, args=ocp.args.Composite(
       train=ocp.args.StandardSave(items),
@@ -50,18 +61,136 @@ def save_checkpoint(manager: ocp.CheckpointManager, state: train.BiboundState, r
   manager.wait_until_finished()
 
 
+class CheckpointError(RuntimeError):
+  """A checkpoint cannot be used; the message names the file and what to do."""
+
+
+class NonFiniteError(FloatingPointError):
+  """A loss, energy or gradient became NaN/Inf; the message names the step and the metric."""
+
+
+# Config keys that may change between a run and its resumption (they do not change what the
+# saved state means); any other difference is an error.
+RESUMABLE_KEYS = ('train.num_steps', 'train.log_every', 'train.eval_every',
+                  'train.checkpoint_every', 'train.keep_checkpoints', 'train.nonfinite',
+                  'train.divergence_gap', 'train.divergence_energy', 'eval.')
+
+
+def _step_dir(manager: ocp.CheckpointManager, step: int) -> str:
+  return os.path.join(str(manager.directory), str(step))
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+  """'key: saved -> now' for every key that differs and is not in RESUMABLE_KEYS."""
+  a, b = _flatten(saved), _flatten(current)
+  diffs = []
+  for key in sorted(set(a) | set(b)):
+    if any(key == k or (k.endswith('.') and key.startswith(k)) for k in RESUMABLE_KEYS):
+      continue
+    va, vb = a.get(key, '<missing>'), b.get(key, '<missing>')
+    if isinstance(va, list):
+      va = tuple(va)
+    if isinstance(vb, list):
+      vb = tuple(vb)
+    if va != vb:
+      diffs.append(f'{key}: {va!r} in the checkpoint, {vb!r} now')
+  return diffs
+
+
 def restore_checkpoint(manager: ocp.CheckpointManager, state: train.BiboundState,
-                       rng: jax.Array, step: int | None = None):
+                       rng: jax.Array, step: int | None = None, config=None):
   """Restore (state, rng) from checkpoint `step` (default: the latest); `state` and `rng` give
-  the structure, shapes and dtypes. Returns None when there is no checkpoint."""
+  the structure, shapes and dtypes. Returns None when there is no checkpoint.
+
+  With `config`, the checkpoint's saved config must agree with it (outside RESUMABLE_KEYS).
+  Raises CheckpointError naming the checkpoint directory, the differing keys, or, for an
+  unreadable checkpoint, the previous one to fall back to.
+  """
   step = manager.latest_step() if step is None else step
   if step is None:
     return None
+  path = _step_dir(manager, step)
+  earlier = [s for s in manager.all_steps() if s < step]
+  fallback = (f'The previous checkpoint is step {earlier[-1]}: delete {path} to resume from it.'
+              if earlier else 'There is no earlier checkpoint: use a new --workdir to start over.')
+  if config is not None:
+    try:
+      saved = manager.restore(step, args=ocp.args.Composite(
+          config=ocp.args.JsonRestore()))['config']
+    except Exception as e:  # noqa: BLE001 - any failure to read means the file is unusable
+      raise CheckpointError(f'Checkpoint {path} is corrupt or truncated (its config cannot be '
+                            f'read: {type(e).__name__}: {e}). {fallback}') from e
+    diffs = config_differences(saved, config.to_dict())
+    if diffs:
+      raise CheckpointError(
+          f'The workdir holds checkpoints of a different config ({path}):\n  '
+          + '\n  '.join(diffs) + '\nUse a new --workdir, or rerun with the saved values.')
   template = {'state': state, 'rng': jax.random.key_data(rng)}
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      train=ocp.args.StandardRestore(abstract)))['train']
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        train=ocp.args.StandardRestore(abstract)))['train']
+  except Exception as e:  # noqa: BLE001
+    raise CheckpointError(f'Checkpoint {path} is corrupt or truncated and cannot be restored '
+                          f'({type(e).__name__}: {str(e)[:300]}). {fallback}') from e
   return restored['state'], jax.random.wrap_key_data(restored['rng'])
+
+
+def check_finite(buffer: list[dict], first_step: int, manager) -> None:
+  """Raise NonFiniteError naming the first step and metric that is NaN/Inf in `buffer`
+  (metrics of iterations first_step, first_step + 1, ...)."""
+  host = jax.device_get(buffer)
+  for i, metrics in enumerate(host):
+    if metrics.get('nonfinite', 0.0) == 0.0 and all(np.isfinite(v) for v in metrics.values()):
+      continue
+    bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
+    last = manager.latest_step()
+    where = (f'the last good checkpoint is {_step_dir(manager, last)} (rerun to resume from it)'
+             if last is not None else 'no checkpoint was written yet')
+    what = (f'{", ".join(bad)} = {[float(metrics[k]) for k in bad]}' if bad
+            else 'a gradient')
+    raise NonFiniteError(
+        f'Non-finite values at iteration {first_step + i}: {what}. The state is not '
+        f'checkpointed; {where}. Lower the learning rates, set optim.grad_clip, or set '
+        "train.nonfinite='skip' to drop such updates.")
+
+
+def warn_if_diverging(scalars: dict, step: int, config) -> bool:
+  """Log a warning when E(fake) - E(real) or |E| passes the configured thresholds."""
+  gap = scalars['energy_fake'] - scalars['energy_real']
+  size = max(abs(scalars['energy_fake']), abs(scalars['energy_real']))
+  if gap > config.train.divergence_gap or size > config.train.divergence_energy:
+    logging.warning(
+        'Divergence at iteration %d: E(fake) - E(real) = %.3g (threshold %g), max |E| = %.3g '
+        '(threshold %g). The energy is running away from the generator; the lower-bound-only '
+        "baseline (bounds.upper='none') is expected to do this.", step, gap,
+        config.train.divergence_gap, size, config.train.divergence_energy)
+    return True
+  return False
+
+
+class _Preemption:
+  """Turns SIGTERM/SIGINT into a flag the loop checks after each iteration."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
 
 
 def make_data_fn(config):
@@ -115,7 +244,7 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
   state = train.create_state(config, energy_model, gen_model, init_key, config.data.shape)
 
   manager = checkpoint_manager(workdir, config)
-  restored = restore_checkpoint(manager, state, rng)
+  restored = restore_checkpoint(manager, state, rng, config=config)
   if restored is not None:
     state, rng = restored
     logging.info('Resumed from %s at step %d.', manager.directory, int(state.step))
@@ -132,8 +261,8 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   hooks = [report] if is_chief else []
 
-  buffer = []
-  with metric_writers.ensure_flushes(writer):
+  buffer, buffer_start = [], start + 1
+  with metric_writers.ensure_flushes(writer), _Preemption() as preempted:
     for step in range(start + 1, num_steps + 1):
       # `step` counts iterations done after this one; the step function donates `state`.
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
@@ -141,19 +270,33 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
       buffer.append(metrics)
       for hook in hooks:
         hook(step)
-      if step % config.train.log_every == 0 or step == num_steps:
+      log_now = step % config.train.log_every == 0 or step == num_steps
+      eval_now = step % config.train.eval_every == 0 or step == num_steps
+      save_now = (step % config.train.checkpoint_every == 0 or step == num_steps
+                  or preempted.signal is not None)
+      if log_now or eval_now or save_now:
+        # Nothing is written or evaluated after a NaN: the check sees every iteration.
+        if config.train.nonfinite == 'stop':
+          check_finite(buffer, buffer_start, manager)
+      if log_now:
         scalars = _mean_metrics(buffer)
-        buffer = []
+        buffer, buffer_start = [], step + 1
+        scalars['skipped'] = float(state.skipped)
         writer.write_scalars(step, scalars)
         if is_chief:
           _append_jsonl(metrics_path, dict(step=step, **scalars))
-      if step % config.train.eval_every == 0 or step == num_steps:
+        warn_if_diverging(scalars, step, config)
+      if eval_now:
         with report.timed('eval'):
           scalars = evaluator.evaluate(state, step, workdir, metrics_path)
         writer.write_scalars(step, {f'eval/{k}': v for k, v in scalars.items()})
-      if step % config.train.checkpoint_every == 0 or step == num_steps:
+      if save_now:
         with report.timed('checkpoint'):
           save_checkpoint(manager, state, rng, config)
+      if preempted.signal is not None:
+        logging.warning('%s received: saved checkpoint %s at iteration %d. Rerun the same '
+                        'command to resume.', preempted.signal, _step_dir(manager, step), step)
+        break
   manager.close()
   return state
 

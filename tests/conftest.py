@@ -10,6 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+# Many tests build the same train step; a persistent compilation cache (shared with the
+# subprocesses the tests start) compiles each distinct program once per machine.
+_CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '.pytest_cache', 'jax')
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
 
 def mlp_params(key, d, D, hidden=48, dtype=jnp.float64):
   """A random 3-layer tanh MLP R^d -> R^D (D >> d), scaled so J is well defined."""

@@ -1,0 +1,149 @@
+"""Reliability: exact resume after kill -9, preemption, NaN guards, clear errors for bad input."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import run
+from test_run import REPO, _params, small_config
+
+FAST_EVAL = ['--config.eval.num_samples=500', '--config.eval.grid_spacing=0.05',
+             '--config.eval.gp_samples=100', '--config.train.batch_size=64']
+
+
+def _start(workdir, *overrides):
+  return subprocess.Popen(
+      [sys.executable, '-m', 'experiments.main', '--config=configs/toy.py',
+       f'--workdir={workdir}', *FAST_EVAL, *overrides],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path, proc, timeout=240):
+  deadline = time.time() + timeout
+  while not os.path.exists(path):
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    assert time.time() < deadline, f'{path} did not appear'
+    time.sleep(0.05)
+
+
+def test_kill_minus_9_then_resume_is_bit_identical(tmp_path):
+  args = ['--config.train.num_steps=3000', '--config.train.checkpoint_every=300',
+          '--config.train.log_every=100', '--config.train.eval_every=100000']
+  proc = _start(tmp_path / 'a', *args)
+  _wait_for(tmp_path / 'a' / 'checkpoints' / '600', proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  steps = sorted(int(s) for s in os.listdir(tmp_path / 'a' / 'checkpoints') if s.isdigit())
+  assert 600 <= steps[-1] < 3000
+  resumed = _start(tmp_path / 'a', *args)
+  _, err = resumed.communicate(timeout=600)
+  assert resumed.returncode == 0, err[-3000:]
+  assert f'Resumed from' in err
+  cfg = small_config(num_steps=3000, checkpoint_every=300, log_every=100, eval_every=100000)
+  straight = run.train_and_evaluate(cfg, str(tmp_path / 'b'))
+  manager = run.checkpoint_manager(str(tmp_path / 'a'), cfg)
+  restored, _ = run.restore_checkpoint(manager, straight, jax.random.key(0))
+  assert int(restored.step) == 3000
+  jax.tree.map(np.testing.assert_array_equal, _params(restored), _params(straight))
+
+
+def test_sigterm_saves_the_current_step_and_exits_zero(tmp_path):
+  proc = _start(tmp_path, '--config.train.num_steps=1000000', '--config.train.log_every=50',
+                '--config.train.checkpoint_every=1000000', '--config.train.eval_every=1000000')
+  _wait_for(tmp_path / 'metrics.jsonl', proc)  # training is under way
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-3000:]
+  match = re.search(r'SIGTERM received: saved checkpoint \S+ at iteration (\d+)', err)
+  assert match, err[-3000:]
+  steps = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit())
+  assert steps == [int(match.group(1))] and steps[0] >= 50
+
+
+def test_partial_checkpoint_is_never_picked_as_latest(tmp_path):
+  cfg = small_config(num_steps=10)
+  state = run.train_and_evaluate(cfg, str(tmp_path))
+  # A save killed half way leaves orbax's temporary directory behind.
+  os.makedirs(tmp_path / 'checkpoints' / '50.orbax-checkpoint-tmp-1234' / 'train')
+  manager = run.checkpoint_manager(str(tmp_path), cfg)
+  assert manager.latest_step() == 10
+  restored, _ = run.restore_checkpoint(manager, state, jax.random.key(0), config=cfg)
+  assert int(restored.step) == 10
+
+
+def _nan_at(step_to_break):
+  real = run.make_data_fn
+
+  def make_data_fn(config):
+    batch_at = real(config)
+    return lambda step: jnp.where(step == step_to_break, jnp.nan, batch_at(step))
+  return make_data_fn
+
+
+def test_nan_stops_the_run_naming_step_metric_and_checkpoint(tmp_path, monkeypatch):
+  monkeypatch.setattr(run, 'make_data_fn', _nan_at(16))  # iteration 17 sees NaN data
+  cfg = small_config(num_steps=30, checkpoint_every=10)
+  with pytest.raises(run.NonFiniteError, match=r'iteration 17: .*energy_real') as err:
+    run.train_and_evaluate(cfg, str(tmp_path))
+  assert os.path.join('checkpoints', '10') in str(err.value)
+  steps = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit())
+  assert steps == [10]
+
+
+def test_nan_skip_mode_drops_the_update_and_counts_it(tmp_path, monkeypatch):
+  monkeypatch.setattr(run, 'make_data_fn', _nan_at(16))
+  cfg = small_config(num_steps=30)
+  cfg.train.nonfinite = 'skip'
+  state = run.train_and_evaluate(cfg, str(tmp_path))
+  assert int(state.skipped) == 1 and int(state.step) == 30
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(_params(state)))
+
+
+def test_non_finite_state_is_never_checkpointed(tmp_path):
+  cfg = small_config(num_steps=10)
+  state = run.train_and_evaluate(cfg, str(tmp_path))
+  bad = state.replace(step=state.step + 5, energy=state.energy.replace(
+      params=jax.tree.map(lambda x: x * jnp.nan, state.energy.params)))
+  manager = run.checkpoint_manager(str(tmp_path), cfg)
+  with pytest.raises(run.NonFiniteError, match='Refusing to checkpoint iteration 15'):
+    run.save_checkpoint(manager, bad, jax.random.key(0), cfg)
+  assert manager.all_steps() == [10]
+
+
+def test_divergence_detector():
+  cfg = small_config()
+  assert run.warn_if_diverging({'energy_fake': 80.0, 'energy_real': 10.0}, 5, cfg)
+  assert run.warn_if_diverging({'energy_fake': 2e3, 'energy_real': 2e3}, 5, cfg)
+  assert not run.warn_if_diverging({'energy_fake': 3.0, 'energy_real': 1.0}, 5, cfg)
+
+
+def test_workdir_of_an_incompatible_config_names_the_keys(tmp_path):
+  run.train_and_evaluate(small_config(num_steps=10), str(tmp_path))
+  cfg = small_config(num_steps=20)
+  cfg.bounds.upper = 'r1'
+  cfg.optim.lr_energy = 1e-3
+  with pytest.raises(run.CheckpointError, match=r'bounds.upper: .gp. in the checkpoint, .r1. '
+                     r'now(.|\n)*optim.lr_energy'):
+    run.train_and_evaluate(cfg, str(tmp_path))
+  # Changing only the length of the run resumes fine.
+  assert int(run.train_and_evaluate(small_config(num_steps=20), str(tmp_path)).step) == 20
+
+
+def test_corrupt_checkpoint_names_the_file_and_the_previous_one(tmp_path):
+  cfg = small_config(num_steps=20)
+  run.train_and_evaluate(cfg, str(tmp_path))
+  latest = tmp_path / 'checkpoints' / '20' / 'train'
+  for root, _, files in os.walk(latest):
+    for name in files:
+      with open(os.path.join(root, name), 'wb') as f:
+        f.write(b'\x00garbage')
+  with pytest.raises(run.CheckpointError,
+                     match=r'checkpoints/20 is corrupt(.|\n)*previous checkpoint is step 10'):
+    run.train_and_evaluate(small_config(num_steps=30), str(tmp_path))
