@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from bibound_jax import models
 from bibound_jax.bounds import entropy
+from bibound_jax.bounds import mutual_info
 from bibound_jax.train import LOWER_BOUNDS, UPPER_BOUNDS
 
 
@@ -47,12 +49,23 @@ def validate_config(config, datasets: Iterable[str]) -> None:
   _choice(config, 'bounds.estimator', entropy.ESTIMATORS)
   _choice(config, 'bounds.gp_weight_schedule', ('constant', 'decay'))
   _choice(config, 'train.nonfinite', ('stop', 'skip'))
+  _choice(config, 'bounds.mi_estimator', mutual_info.MI_KINDS)
+  if config.bounds.upper == 'diff' and config.model.energy.name not in models.TIME_ENERGIES:
+    raise ConfigError(
+        f"config.bounds.upper = 'diff' needs a time-conditioned energy E(x, t); "
+        f'config.model.energy.name = {config.model.energy.name!r} is not one. Choose one of: '
+        f'{", ".join(models.TIME_ENERGIES)}.')
+  if config.bounds.mi_learn_sigma and not config.bounds.mi_sigma > config.bounds.mi_sigma_floor:
+    raise ConfigError('config.bounds.mi_sigma must exceed config.bounds.mi_sigma_floor.')
   for key in ('bounds.num_iters', 'bounds.block_size', 'bounds.cg_iters', 'optim.n_critic',
               'train.batch_size', 'train.num_steps', 'train.log_every', 'train.eval_every',
               'train.checkpoint_every', 'train.keep_checkpoints', 'optim.lr_energy',
               'eval.num_samples', 'eval.grid_spacing', 'eval.gp_samples',
               'train.divergence_gap', 'train.divergence_energy',
               'optim.lr_generator', 'model.generator.latent_dim'):
+    _positive(config, key)
+  for key in ('bounds.mi_sigma', 'bounds.diff_weight', 'bounds.diff_t_min', 'optim.lr_critic',
+              'bounds.diff_beta_min', 'bounds.diff_beta_max'):
     _positive(config, key)
   for key in ('bounds.lambda_h', 'bounds.gp_weight', 'bounds.gp_margin', 'bounds.r1_weight',
               'bounds.wgan_gp_weight', 'optim.grad_clip', 'optim.b1', 'optim.b2', 'optim.eps'):

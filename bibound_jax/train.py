@@ -3,14 +3,20 @@
 One iteration = `n_critic` energy updates, then one generator update:
 
     energy:     loss_E = mean E(x_data) - mean E(sg G(z)) + upper_bound_term(E; G)
-    generator:  loss_G = mean E(G(z')) - lambda_H * mean log_volume(G; z')
+    generator:  loss_G = mean E(G(z')) - lambda_H * entropy_lower_bound(G; z')
 
 The energy minimises the upper bound L_up = L_lo + B; the generator maximises the lower bound
 L_lo = E_data[E] - E_{p_g}[E] + H[p_g] (H[p0] is a constant and is dropped from the loss, not
 from the reported values). Bounds are chosen by name in `config.bounds`:
 
-    lower in {'sv', 'none'}                      entropy term of the generator loss
-    upper in {'gp', 'none', 'r1', 'wgan_gp'}     energy regulariser
+    lower in {'sv', 'mi', 'none'}                entropy lower bound of the generator loss
+    upper in {'gp', 'diff', 'none', 'r1', 'wgan_gp'}   energy regulariser
+
+'sv' = singular values of the generator Jacobian (bounds/entropy.py); 'mi' = mutual information
+of a generator with output noise, x = G(z) + sigma eps, with a critic/encoder trained in the same
+step as a third TrainState (bounds/mutual_info.py); 'gp' = gradient penalty (bounds/
+gradient_penalty.py); 'diff' = denoising score matching along a VP SDE with a time-conditioned
+energy (bounds/diffusion.py). The paper's two headline pairs are sv+gp and mi+diff.
 
 Jacobian terms use the generator with BatchNorm in inference mode (running statistics), as the
 authors do; samples for the energies use batch statistics, and only the generator update writes
@@ -28,11 +34,15 @@ import optax
 from flax.training import train_state
 
 from bibound_jax.bounds import baselines
+from bibound_jax.bounds import diffusion
 from bibound_jax.bounds import entropy
 from bibound_jax.bounds import gradient_penalty
+from bibound_jax.bounds import mutual_info
+from bibound_jax.models import mi as mi_models
+from bibound_jax.models.noisy import NoisyGenerator
 
-LOWER_BOUNDS = ('sv', 'none')
-UPPER_BOUNDS = ('gp', 'none', 'r1', 'wgan_gp')
+LOWER_BOUNDS = ('sv', 'mi', 'none')
+UPPER_BOUNDS = ('gp', 'diff', 'none', 'r1', 'wgan_gp')
 sg = jax.lax.stop_gradient
 
 
@@ -43,12 +53,14 @@ class TrainState(train_state.TrainState):
 
 @flax.struct.dataclass
 class BiboundState:
-  """Everything a run carries between iterations: both networks, the iteration count and the
-  number of updates skipped for non-finite values (`train.nonfinite = 'skip'`)."""
+  """Everything a run carries between iterations: both networks, the MI critic/encoder (None
+  unless bounds.lower = 'mi'), the iteration count and the number of updates skipped for
+  non-finite values (`train.nonfinite = 'skip'`)."""
   step: jax.Array
   energy: TrainState
   generator: TrainState
   skipped: jax.Array
+  critic: TrainState | None = None
 
 
 def make_optimizer(optim_config, learning_rate: float) -> optax.GradientTransformation:
@@ -61,10 +73,21 @@ def make_optimizer(optim_config, learning_rate: float) -> optax.GradientTransfor
 
 def create_state(config, energy_model, gen_model, key: jax.Array, data_shape) -> BiboundState:
   """Initialise both networks and their optimisers."""
-  k_e, k_g = jax.random.split(key)
+  k_e, k_g, k_c = jax.random.split(key, 3)
+  bcfg = config.bounds
+  lower, _ = bound_names(bcfg)
+  if lower == 'mi' and bcfg.mi_learn_sigma:
+    gen_model = NoisyGenerator(base=gen_model, sigma_init=bcfg.mi_sigma,
+                               sigma_floor=bcfg.mi_sigma_floor)
   latent_dim = gen_model.latent_dim
   x0 = jnp.zeros((2,) + tuple(data_shape), jnp.float32)
   z0 = jnp.zeros((2, latent_dim), jnp.float32)
+  critic = None
+  if lower == 'mi':
+    c_model = mi_models.create_mi_model(bcfg.mi_estimator, latent_dim, tuple(bcfg.mi_hidden))
+    c_args = (x0,) if bcfg.mi_estimator == 'ba' else (x0, z0)
+    critic = TrainState.create(apply_fn=c_model.apply, params=c_model.init(k_c, *c_args)['params'],
+                               tx=make_optimizer(config.optim, config.optim.lr_critic))
   e_vars = energy_model.init(k_e, x0)
   g_vars = gen_model.init(k_g, z0, train=False)
   energy = TrainState.create(apply_fn=energy_model.apply, params=e_vars['params'],
@@ -76,8 +99,10 @@ def create_state(config, energy_model, gen_model, key: jax.Array, data_shape) ->
   # TrainState.create starts `step` as a Python int (weakly typed); after one update it is an
   # int32 array, which would retrace the step. Start it as int32 so the step compiles once.
   zero = lambda: jnp.zeros((), jnp.int32)  # distinct buffers: the step donates its input
+  if critic is not None:
+    critic = critic.replace(step=zero())
   return BiboundState(step=zero(), energy=energy.replace(step=zero()),
-                      generator=generator.replace(step=zero()), skipped=zero())
+                      generator=generator.replace(step=zero()), skipped=zero(), critic=critic)
 
 
 def _variables(params, batch_stats):
@@ -140,11 +165,14 @@ def energy_loss(e_params, state: BiboundState, x_data, z, key, config):
   bcfg = config.bounds
   _, upper = bound_names(bcfg)
   energy_fn = lambda x: state.energy.apply_fn({'params': e_params}, x)
+  k_probe, k_est, k_interp, k_noise = jax.random.split(key, 4)
   x_fake, _ = generate(state.generator, z, train=True)
+  if bcfg.lower == 'mi':  # the MI bound is on the entropy of the noisy generator
+    x_fake = mutual_info.add_output_noise(x_fake, output_sigma(state.generator.params, bcfg),
+                                          k_noise)
   x_fake = sg(x_fake)
   e_real, e_fake = energy_fn(x_data), energy_fn(x_fake)
   aux = {'energy_real': jnp.mean(e_real), 'energy_fake': jnp.mean(e_fake)}
-  k_probe, k_est, k_interp = jax.random.split(key, 3)
   if upper == 'gp':
     gen = state.generator
     gen_fn = inference_generator_fn(gen)
@@ -159,6 +187,13 @@ def energy_loss(e_params, state: BiboundState, x_data, z, key, config):
     weight = gradient_penalty.gp_weight(state.step, bcfg.gp_weight,
                                         bcfg.get('gp_weight_schedule', 'constant'))
     upper_term = gradient_penalty.gp_upper_term(aux['gp'], weight, bcfg.gp_margin)
+  elif upper == 'diff':
+    energy_t = lambda x, t: state.energy.apply_fn({'params': e_params}, x, t)
+    aux['dsm'] = diffusion.dsm_loss(energy_t, x_fake, k_interp, vp_sde(bcfg),
+                                    t_min=bcfg.diff_t_min,
+                                    likelihood_weighting=bcfg.diff_likelihood_weighting,
+                                    importance_sampling=bcfg.diff_importance_sampling)
+    upper_term = diffusion.diffusion_upper_term(aux['dsm'], bcfg.diff_weight)
   elif upper == 'r1':
     upper_term = baselines.r1_penalty(energy_fn, x_data, bcfg.r1_weight)
   elif upper == 'wgan_gp':
@@ -171,15 +206,59 @@ def energy_loss(e_params, state: BiboundState, x_data, z, key, config):
   return loss, aux
 
 
+def vp_sde(bounds_config) -> diffusion.VPSDE:
+  return diffusion.VPSDE(beta_min=bounds_config.diff_beta_min,
+                         beta_max=bounds_config.diff_beta_max)
+
+
+def output_sigma(gen_params, bounds_config):
+  """The MI output-noise scale: learned (floor + exp(log_sigma)) or the fixed config value."""
+  if bounds_config.mi_learn_sigma:
+    return mutual_info.output_noise_std(gen_params['log_sigma'], bounds_config.mi_sigma_floor)
+  return jnp.asarray(bounds_config.mi_sigma, jnp.float32)
+
+
+def critic_apply(critic: TrainState):
+  """(params, *inputs) -> outputs of the MI critic/encoder."""
+  return lambda p, *args: critic.apply_fn({'params': p}, *args)
+
+
+def noisy_samples(g_params, state: BiboundState, z, key, config):
+  """x = G(z) + sigma eps (training-mode BatchNorm), its new BN statistics and sigma."""
+  gen = state.generator.replace(params=g_params)
+  x, new_stats = generate(gen, z, train=True)
+  sigma = output_sigma(g_params, config.bounds)
+  return mutual_info.add_output_noise(x, sigma, key), new_stats, sigma
+
+
+def critic_loss(c_params, state: BiboundState, x_noisy, z, config):
+  """The critic/encoder maximises the MI bound on the current (fixed) generator samples."""
+  mi, _ = mutual_info.mi_losses(config.bounds.mi_estimator, critic_apply(state.critic), c_params,
+                                sg(x_noisy), z)
+  return -mi
+
+
 def generator_loss(g_params, state: BiboundState, z, key, config):
-  """loss_G = mean E(G(z)) - lambda_H * mean log_volume(G; z), and diagnostics."""
+  """loss_G = mean E(G(z)) - lambda_H * entropy lower bound (SV or MI), and diagnostics."""
   bcfg = config.bounds
   lower, _ = bound_names(bcfg)
   gen = state.generator.replace(params=g_params)
-  x, new_stats = generate(gen, z, train=True)
+  if lower == 'mi':
+    k_noise, key = jax.random.split(key)
+    x, new_stats, sigma = noisy_samples(g_params, state, z, k_noise, config)
+  else:
+    x, new_stats = generate(gen, z, train=True)
   e_fake = state.energy.apply_fn({'params': state.energy.params}, x)
   aux = {'new_batch_stats': new_stats}
   loss = jnp.mean(e_fake)
+  if lower == 'mi':
+    mi, mi_aux = mutual_info.mi_losses(bcfg.mi_estimator, critic_apply(state.critic),
+                                       sg(state.critic.params), x, z)
+    data_dim = x[0].size
+    h_lo = mutual_info.entropy_lower_bound(mi, data_dim, sigma)
+    loss = loss - bcfg.lambda_h * h_lo
+    # With 'jsd' this is an estimate, not a bound (DESIGN.md section 3).
+    aux.update({'entropy': sg(h_lo), 'mi/value': mi_aux['mi'], 'mi/sigma': sg(sigma)})
   if lower == 'sv':
     est = entropy.batched_log_volume(make_estimator(bcfg), inference_generator_fn(gen),
                                      g_params, z, key)
@@ -234,6 +313,18 @@ def train_step(state: BiboundState, batch: jax.Array, rng: jax.Array, *, config)
 
   k_z, k_loss = jax.random.split(k_gen)
   z = jax.random.normal(k_z, (batch_size, latent_dim), jnp.float32)
+  c_metrics = {}
+  if state.critic is not None:
+    # One critic/encoder step on this iteration's samples, then G with the updated critic fixed.
+    x_noisy, _, _ = noisy_samples(state.generator.params, state, z,
+                                  jax.random.split(k_loss)[0], config)
+    c_loss, c_grads = jax.value_and_grad(critic_loss)(state.critic.params, state, x_noisy, z,
+                                                      config)
+    c_finite = _all_finite(c_loss, c_grads)
+    state = state.replace(critic=_keep_if_finite(state.critic.apply_gradients(grads=c_grads),
+                                                 state.critic, c_finite, skip))
+    c_metrics = {'loss_critic': c_loss, 'grad_norm_critic': _global_norm(c_grads)}
+    e_finite = jnp.logical_and(e_finite, c_finite)
   (g_loss, g_aux), g_grads = jax.value_and_grad(generator_loss, has_aux=True)(
       state.generator.params, state, z, k_loss, config)
   new_stats = g_aux.pop('new_batch_stats')
@@ -245,7 +336,8 @@ def train_step(state: BiboundState, batch: jax.Array, rng: jax.Array, *, config)
   state = state.replace(step=state.step + 1, generator=generator,
                         skipped=state.skipped + (1 - finite.astype(jnp.int32)))
 
-  metrics = dict(e_aux, **g_aux, loss_generator=g_loss, grad_norm_generator=_global_norm(g_grads),
+  metrics = dict(e_aux, **g_aux, **c_metrics, loss_generator=g_loss,
+                 grad_norm_generator=_global_norm(g_grads),
                  nonfinite=1.0 - finite.astype(jnp.float32))
   if 'entropy' in metrics:
     metrics['lower_bound'] = metrics['energy_real'] - metrics['energy_fake'] + metrics['entropy']

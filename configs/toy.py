@@ -5,6 +5,8 @@
 
 The optional argument is a comma-separated list of a data set name and/or a bound preset:
   sv+gp    (default) SV entropy lower bound for G, GP upper bound for E: bidirectional training
+  mi+diff  MI entropy lower bound (output noise + Barber-Agakov encoder), diffusion upper bound
+           with a time-conditioned energy
   none     SV lower bound only, no energy regulariser (MEG/VERA-style minimax; diverges)
   r1       SV lower bound, zero-centred R1 penalty on the data (the authors' EBM_0GP)
   wgan_gp  no entropy term, WGAN-GP critic penalty
@@ -18,6 +20,7 @@ PRESETS = {
     'none': ('sv', 'none'),
     'r1': ('sv', 'r1'),
     'wgan_gp': ('none', 'wgan_gp'),
+    'mi+diff': ('mi', 'diff'),
 }
 
 
@@ -50,11 +53,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.bounds.gp_weight = 1e-3
   config.bounds.gp_margin = 0.0
   config.bounds.r1_weight = 1.0
+  # MI lower bound (DESIGN.md section 3): x = G(z) + sigma eps; estimator in {ba, infonce, jsd}.
+  config.bounds.mi_estimator = 'ba'
+  config.bounds.mi_hidden = (100, 100)
+  config.bounds.mi_sigma = 0.05
+  config.bounds.mi_learn_sigma = False
+  config.bounds.mi_sigma_floor = 0.01
+  # Diffusion upper bound (DESIGN.md section 5): VP SDE, DSM with likelihood weighting g(t)^2.
+  config.bounds.diff_weight = 1e-3
+  config.bounds.diff_beta_min = 0.1
+  config.bounds.diff_beta_max = 20.0
+  config.bounds.diff_t_min = 1e-3
+  config.bounds.diff_likelihood_weighting = True
+  config.bounds.diff_importance_sampling = True
   config.bounds.wgan_gp_weight = 10.0
 
   config.optim = ml_collections.ConfigDict()
   config.optim.lr_energy = 2e-4
   config.optim.lr_generator = 2e-4
+  config.optim.lr_critic = 2e-4          # MI critic/encoder (bounds.lower = 'mi')
   config.optim.b1 = 0.0
   config.optim.b2 = 0.9
   config.optim.eps = 1e-6
@@ -84,6 +101,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.data.name = token
       elif token in PRESETS:
         config.bounds.lower, config.bounds.upper = PRESETS[token]
+        if config.bounds.upper == 'diff':
+          config.model.energy.name = 'time_mlp'
       else:
         raise ValueError(f'configs/toy.py: unknown argument {token!r}; valid data sets: '
                          f'{", ".join(DATASETS)}; bound presets: {", ".join(PRESETS)}.')

@@ -46,7 +46,7 @@ def test_command_line_errors_name_the_key():
 
 @pytest.mark.parametrize('key,value,match', [
     ('data.name', 'checkerboard', r'config.data.name.*25gaussians, swiss_roll, two_moons'),
-    ('bounds.upper', 'gradient', r'config.bounds.upper.*gp, none, r1, wgan_gp'),
+    ('bounds.upper', 'gradient', r'config.bounds.upper.*gp, diff, none, r1, wgan_gp'),
     ('bounds.estimator', 'power', r'config.bounds.estimator.*lobpcg'),
     ('train.batch_size', -4, r'config.train.batch_size = -4.*> 0'),
     ('bounds.gp_margin', -1.0, r'config.bounds.gp_margin.*>= 0'),
@@ -63,7 +63,7 @@ def test_toy_config_argument_presets():
   cfg = toy.get_config('swiss_roll,r1')
   assert cfg.data.name == 'swiss_roll' and (cfg.bounds.lower, cfg.bounds.upper) == ('sv', 'r1')
   assert toy.get_config('wgan_gp').bounds.lower == 'none'
-  with pytest.raises(ValueError, match='bound presets: sv\\+gp, none, r1, wgan_gp'):
+  with pytest.raises(ValueError, match='bound presets: sv\\+gp, none, r1, wgan_gp, mi\\+diff'):
     toy.get_config('sv+diffusion')
 
 
@@ -98,8 +98,12 @@ def test_checkpoint_restore_and_resume_match_an_uninterrupted_run(tmp_path):
   assert steps == [5, 10, 15, 20, 25, 30]
 
 
-def test_evaluation_writes_figures_json_and_arrays(tmp_path):
+@pytest.mark.parametrize('preset', ['sv+gp', 'mi+diff'])
+def test_evaluation_writes_figures_json_and_arrays(tmp_path, preset):
   cfg = small_config(num_steps=10)
+  cfg.bounds.lower, cfg.bounds.upper = toy.PRESETS[preset]
+  if preset == 'mi+diff':
+    cfg.model.energy.name = 'time_mlp'
   cfg.eval.grid_spacing = 0.01
   run.train_and_evaluate(cfg, str(tmp_path))
   out = tmp_path / 'eval'

@@ -37,9 +37,11 @@ def test_step_compiles_once_and_metrics_are_finite():
 
 @pytest.mark.parametrize('preset,estimator', [
     ('sv+gp', 'exact_logdet'), ('sv+gp', 'exact_smin'), ('sv+gp', 'lobpcg'),
-    ('sv+gp', 'inverse_cg'), ('none', 'lobpcg'), ('r1', 'exact_smin'), ('wgan_gp', 'lobpcg')])
+    ('sv+gp', 'inverse_cg'), ('none', 'lobpcg'), ('r1', 'exact_smin'), ('wgan_gp', 'lobpcg'),
+    ('mi+diff', 'exact_smin')])
 def test_every_pairing_trains(preset, estimator):
-  cfg, state = _setup(preset, estimator=estimator, gp_margin=0.0)
+  cfg, state = _setup(preset, estimator=estimator, gp_margin=0.0,
+                      gp_weight_schedule='constant')
   before = jax.tree.map(np.asarray, (state.energy.params, state.generator.params))
   state, metrics = train.make_train_step(cfg, donate=False)(state, _batch(cfg), jax.random.key(1))
   assert all(np.isfinite(float(v)) for v in metrics.values())
@@ -51,6 +53,43 @@ def test_every_pairing_trains(preset, estimator):
     assert float(metrics['upper_term']) > 0.0  # zeta = 0: the GP term is active
   if preset == 'wgan_gp':
     assert 'entropy' not in metrics
+
+
+@pytest.mark.parametrize('lower,upper,extra', [
+    ('mi', 'diff', dict(mi_estimator='infonce', mi_learn_sigma=True)),
+    ('mi', 'gp', dict(mi_estimator='jsd')),
+    ('sv', 'diff', dict(diff_importance_sampling=False)),
+])
+def test_mi_and_diffusion_pairings(lower, upper, extra):
+  cfg, state = _setup(lower=lower, upper=upper, **extra)
+  if upper == 'diff':
+    cfg.model.energy.name = 'time_mlp'
+    from bibound_jax import models
+    energy, gen = models.create_models(cfg.model, cfg.data.shape)
+    state = train.create_state(cfg, energy, gen, jax.random.key(0), cfg.data.shape)
+  before = jax.tree.map(np.asarray, state.generator.params)
+  state, metrics = train.make_train_step(cfg, donate=False)(state, _batch(cfg), jax.random.key(1))
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+  if lower == 'mi':
+    assert int(state.critic.step) == 1 and 'mi/value' in metrics
+    d = 2
+    sigma = float(metrics['mi/sigma'])
+    # The reported entropy is the MI estimate plus H[X|Z] = D/2 log(2 pi e sigma^2).
+    np.testing.assert_allclose(float(metrics['entropy']), float(metrics['mi/value'])
+                               + d / 2 * np.log(2 * np.pi * np.e * sigma**2), rtol=1e-5)
+    if extra.get('mi_learn_sigma'):
+      assert float(state.generator.params['log_sigma']) != float(before['log_sigma'])
+  if upper == 'diff':
+    np.testing.assert_allclose(float(metrics['upper_term']),
+                               cfg.bounds.diff_weight * float(metrics['dsm']), rtol=1e-5)
+
+
+def test_diffusion_needs_a_time_conditioned_energy():
+  from bibound_jax import config_lib
+  cfg = toy.get_config('sv+gp')
+  cfg.bounds.upper = 'diff'
+  with pytest.raises(config_lib.ConfigError, match="needs a time-conditioned energy.*time_mlp"):
+    config_lib.validate_config(cfg, ('25gaussians',))
 
 
 def test_n_critic_updates_energy_n_times_per_iteration():
@@ -75,9 +114,10 @@ def test_bad_batch_shape_and_bound_names_give_clear_errors():
   step = train.make_train_step(cfg, donate=False)
   with pytest.raises(ValueError, match=r'expected \(n_critic, B, \*data.shape\)'):
     step(state, jnp.zeros((32, 2)), jax.random.key(0))
-  cfg2, state2 = _setup(upper='gradient_penalty')
-  with pytest.raises(ValueError, match='valid: gp, none, r1, wgan_gp'):
-    train.make_train_step(cfg2)(state2, _batch(cfg2), jax.random.key(0))
+  with pytest.raises(ValueError, match='valid: gp, diff, none, r1, wgan_gp'):
+    _setup(upper='gradient_penalty')
+  with pytest.raises(ValueError, match='valid: sv, mi, none'):
+    _setup(lower='svd')
 
 
 def test_energy_learns_to_separate_data_within_a_few_hundred_steps():

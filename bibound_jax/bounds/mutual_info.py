@@ -59,7 +59,7 @@ def output_noise_std(log_sigma_param, floor: float = 0.0) -> Array:
 
 
 def init_log_sigma_param(sigma: float, floor: float = 0.0) -> float:
-  """The parameter value at which `output_noise_std(param, floor) == sigma` (needs sigma > floor)."""
+  """The parameter at which `output_noise_std(param, floor) == sigma` (needs sigma > floor)."""
   if not sigma > floor:
     raise ValueError(f'output noise sigma={sigma} must exceed its floor {floor}.')
   return math.log(sigma - floor)
@@ -71,7 +71,7 @@ def add_output_noise(x: Array, sigma, key: Array) -> Array:
 
 
 def conditional_entropy(D: int, sigma) -> Array:
-  """H[X | Z] = D/2 log(2 pi e sigma^2) for x = G(z) + sigma * eps in R^D (differentiable in sigma)."""
+  """H[X | Z] = D/2 log(2 pi e sigma^2) for x = G(z) + sigma eps in R^D; differentiable in sigma."""
   return 0.5 * D * (math.log(2.0 * math.pi * math.e) + 2.0 * jnp.log(sigma))
 
 
@@ -87,7 +87,9 @@ def gaussian_log_prob(z: Array, mu: Array, logstd: Array) -> Array:
 
 
 def ba_bound(encoder_apply: Callable, enc_params, x: Array, z: Array) -> tuple[Array, Array]:
-  """Barber-Agakov: I(X; Z) >= H(Z) + E_{p(x, z)}[log q(z | x)], q(z|x) = N(mu(x), diag(exp(2 logstd(x)))).
+  """Barber-Agakov: I(X; Z) >= H(Z) + E_{p(x, z)}[log q(z | x)].
+
+  q(z | x) = N(mu(x), diag(exp(2 logstd(x)))) from `encoder_apply(params, x) -> (mu, logstd)`.
 
   H(Z) = d/2 log(2 pi e) assumes z ~ N(0, I_d). The gap is E_x KL(p(z | x) || q(z | x)) >= 0, so
   the bound holds for every encoder and is exact at the true posterior. (x_i, z_i) must be joint
@@ -101,7 +103,9 @@ def ba_bound(encoder_apply: Callable, enc_params, x: Array, z: Array) -> tuple[A
 
 
 def infonce_bound(critic_apply: Callable, critic_params, x: Array, z: Array) -> tuple[Array, Array]:
-  """I(X; Z) >= E[ T(x_i, z_i) - log (1/K sum_j exp T(x_i, z_j)) ] (van den Oord et al.; Poole et al.).
+  """InfoNCE: I(X; Z) >= E[ T(x_i, z_i) - log (1/K sum_j exp T(x_i, z_j)) ].
+
+  (van den Oord et al. 2018; Poole et al. 2019.)
 
   The critic scores all K x K pairs of the batch; for row i the other K - 1 latents are the
   negatives. Each per-sample term is log K + T_ii - logsumexp_j T_ij <= log K (logsumexp >= its
@@ -110,7 +114,11 @@ def infonce_bound(critic_apply: Callable, critic_params, x: Array, z: Array) -> 
   """
   scores = critic_apply(critic_params, x, z)
   k = scores.shape[0]
-  per_sample = math.log(k) + jnp.diagonal(scores) - jax.nn.logsumexp(scores, axis=1)
+  # T_ii - logsumexp_j T_ij <= 0 in exact arithmetic, but under jit XLA may recompute T_ii in
+  # different fusions with different rounding (off by an ulp of |T|, 0.25 at |T| ~ 1e6), so the
+  # ceiling is enforced explicitly; log K is added last.
+  log_softmax_diag = jnp.minimum(jnp.diagonal(scores) - jax.nn.logsumexp(scores, axis=1), 0.0)
+  per_sample = log_softmax_diag + math.log(k)
   return jnp.mean(per_sample), per_sample
 
 
@@ -121,10 +129,10 @@ def jsd_estimator(critic_apply: Callable, critic_params, x: Array, z: Array) -> 
 
   i.e. the negated logistic loss of classifying joint pairs (the diagonal of the K x K score
   matrix) against shuffled pairs (all off-diagonal entries). Its supremum over critics is
-  2 JSD(p(x,z) || p(x)p(z)) - 2 log 2 <= 0, attained at T = log p(x,z) / (p(x) p(z)). It is
-  monotone in the dependence between x and z, which is why MEG maximises it, but it neither
-  lower- nor upper-bounds I, so mi + H[X|Z] with it is not an entropy bound. Kept for parity
-  with MEG. Returns (batch mean, per-sample values (K,)) with per-sample
+  2 JSD(p(x,z) || p(x)p(z)) - 2 log 2 <= 0, attained at T = log p(x,z) / (p(x) p(z)). The JSD is
+  zero iff x and z are independent and grows with their dependence, which is why MEG maximises
+  it, but J neither lower- nor upper-bounds I, so J + H[X|Z] is not an entropy bound. Kept for
+  parity with MEG. Returns (batch mean, per-sample values (K,)) with per-sample
   -softplus(-T_ii) - mean_{j != i} softplus(T_ij). Needs K >= 2.
   """
   scores = critic_apply(critic_params, x, z)

@@ -1,10 +1,13 @@
 """Energy and generator networks, chosen by name from a config."""
 from __future__ import annotations
 
+from bibound_jax.models.time_energy import TimeMLPEnergy
 from bibound_jax.models.toy import MLPEnergy, MLPGenerator
 
-ENERGIES = ('mlp',)
+ENERGIES = ('mlp', 'time_mlp')
 GENERATORS = ('mlp',)
+# Energies that take a time input E(x, t) (needed by the diffusion upper bound).
+TIME_ENERGIES = ('time_mlp',)
 
 
 def create_models(model_config, data_shape):
@@ -13,6 +16,8 @@ def create_models(model_config, data_shape):
   if e_cfg.name == 'mlp':
     energy = MLPEnergy(hidden=tuple(e_cfg.hidden),
                        spectral_norm=e_cfg.get('spectral_norm', False))
+  elif e_cfg.name == 'time_mlp':
+    energy = TimeMLPEnergy(hidden=tuple(e_cfg.hidden))
   else:
     raise ValueError(f'Unknown energy network {e_cfg.name!r}; valid: {", ".join(ENERGIES)}.')
   if g_cfg.name == 'mlp':

@@ -1,0 +1,218 @@
+"""TFDS + tf.data input pipelines for the image experiments (CIFAR-10, ImageNet32, SVHN, CelebA).
+
+`build_dataset(name, split, batch_size, ...)` returns an iterator of NumPy batches
+{'image': float32 (B, H, W, 3) in [-1, 1], 'label': int32 (B,) when the dataset has labels}.
+
+* Pixels: x = p / 127.5 - 1 (uint8 p), after any crop/resize (bilinear, antialiased, no
+  re-quantisation), clipped to [-1, 1].
+* Training (train=True): files and examples shuffled (seeded by `seed` and the process index),
+  repeated forever, random horizontal flips (stateless, one seed pair per example drawn from
+  `tf.data.Dataset.random(seed)`), batches of exactly `batch_size` (drop_remainder).
+* Evaluation (train=False): one pass in file order, no flips; the same batches every call. The
+  last partial batch is kept unless drop_remainder=True.
+* Per-host sharding: with process_count > 1 the split is replaced by
+  `tfds.split_for_jax_process(split, process_index=..., process_count=...)` (= the
+  process_index-th of `tfds.even_splits(split, process_count)`: contiguous, disjoint, sizes
+  differing by at most one). `batch_size` is the per-process batch. Pass `jax.process_index()`
+  and `jax.process_count()` from the caller.
+* Nothing is ever downloaded unless download=True. When the dataset is not prepared in data_dir
+  (`builder.is_prepared()`), FileNotFoundError names the `tfds build NAME --data_dir=DIR` command.
+* No split sizes are read from the metadata (they are empty under `tfds.testing.mock_data`).
+
+Datasets (`DATASETS`; the name is the TFDS name):
+  cifar10                     32x32, labels; splits train / test.
+  svhn_cropped                32x32, labels; splits train / test (/ extra).
+  downsampled_imagenet/32x32  32x32, no labels; train / validation. ImageNet32 of the generative
+                              modelling literature (van den Oord et al., 2016; Glow, VDM).
+  imagenet_resized/32x32      32x32, 1000-class labels; train / validation. Chrabaszcz et al.
+                              (2017): the same images resized with a box filter.
+  celeb_a                     218x178 -> center crop 140x140 -> resize 64x64 (the face region;
+                              the usual crop of the GAN literature), no labels (the attributes are
+                              dropped); train / validation / test.
+Aliases (`ALIASES`): 'imagenet32' -> 'downsampled_imagenet/32x32'; 'celeba', 'celeba64' ->
+'celeb_a'. Both ImageNet32 names are registered in TFDS 4.9.10; if the installed TFDS lacks one,
+the other is used with a warning (`FALLBACKS`). Images whose size is not the target (e.g. the
+dynamic-shape `downsampled_imagenet` under mock_data) are center-cropped to a square and resized.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+from absl import logging
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDataset:
+  """How to read one TFDS image dataset."""
+  tfds_name: str
+  image_size: int                 # Output height = width.
+  train_split: str
+  eval_split: str
+  label_key: str | None = None    # Feature holding the class label, if any.
+  center_crop: int | None = None  # Square center crop (pixels) before resizing.
+
+  @property
+  def shape(self) -> tuple[int, int, int]:
+    return (self.image_size, self.image_size, 3)
+
+
+DATASETS = {
+    'cifar10': ImageDataset('cifar10', 32, 'train', 'test', 'label'),
+    'svhn_cropped': ImageDataset('svhn_cropped', 32, 'train', 'test', 'label'),
+    'downsampled_imagenet/32x32': ImageDataset('downsampled_imagenet/32x32', 32, 'train',
+                                               'validation'),
+    'imagenet_resized/32x32': ImageDataset('imagenet_resized/32x32', 32, 'train', 'validation',
+                                           'label'),
+    'celeb_a': ImageDataset('celeb_a', 64, 'train', 'test', center_crop=140),
+}
+ALIASES = {
+    'imagenet32': 'downsampled_imagenet/32x32',
+    'celeba': 'celeb_a',
+    'celeba64': 'celeb_a',
+}
+# Used when the installed TFDS does not register a name.
+FALLBACKS = {
+    'downsampled_imagenet/32x32': 'imagenet_resized/32x32',
+    'imagenet_resized/32x32': 'downsampled_imagenet/32x32',
+}
+
+
+def _registered(tfds_name: str) -> bool:
+  import tensorflow_datasets as tfds
+  try:
+    tfds.builder_cls(tfds_name.split('/')[0])
+  except Exception:  # DatasetNotFoundError (its module path varies across TFDS versions).
+    return False
+  return True
+
+
+def resolve(name: str) -> ImageDataset:
+  """The `ImageDataset` for a dataset name or alias (see the module docstring)."""
+  canonical = ALIASES.get(name, name)
+  if canonical not in DATASETS:
+    valid = sorted(DATASETS) + sorted(ALIASES)
+    raise ValueError(f'Unknown image dataset {name!r}; valid: {", ".join(valid)}.')
+  if not _registered(canonical) and canonical in FALLBACKS and _registered(FALLBACKS[canonical]):
+    logging.warning('TFDS does not register %r; using %r instead.', canonical,
+                    FALLBACKS[canonical])
+    canonical = FALLBACKS[canonical]
+  return DATASETS[canonical]
+
+
+def _builder(spec: ImageDataset, data_dir, download: bool):
+  import tensorflow_datasets as tfds
+  builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+  if not builder.is_prepared():
+    if not download:
+      root = builder.data_dir_root
+      raise FileNotFoundError(
+          f'TFDS dataset {spec.tfds_name} is not prepared in {root} (looked for '
+          f'{builder.data_dir}) and is never downloaded automatically. Prepare it once with '
+          f'`tfds build {spec.tfds_name} --data_dir={root}` (or pass download=True), then '
+          f'pass data_dir={str(root)!r}.')
+    logging.info('Downloading and preparing %s in %s.', spec.tfds_name, builder.data_dir_root)
+    builder.download_and_prepare()
+  return builder
+
+
+def _center_crop(image, size):
+  """Center crop to (min(size, H), min(size, W)) for a dynamic-shape image."""
+  import tensorflow as tf
+  shape = tf.shape(image)
+  h, w = shape[0], shape[1]
+  ch, cw = tf.minimum(size, h), tf.minimum(size, w)
+  return tf.image.crop_to_bounding_box(image, (h - ch) // 2, (w - cw) // 2, ch, cw)
+
+
+def preprocess_image(image, spec: ImageDataset):
+  """uint8 (H, W, 3) -> float32 (S, S, 3) in [-1, 1]: optional center crop, square crop +
+  antialiased bilinear resize when the size is not S, then p / 127.5 - 1."""
+  import tensorflow as tf
+  size = spec.image_size
+  if spec.center_crop:
+    image = _center_crop(image, spec.center_crop)
+  image = tf.cast(image, tf.float32)
+  if tuple(image.shape[:2]) != (size, size):
+    shape = tf.shape(image)
+    image = _center_crop(image, tf.minimum(shape[0], shape[1]))
+    image = tf.image.resize(image, (size, size), method='bilinear', antialias=True)
+  image = tf.ensure_shape(image, (size, size, 3))
+  return tf.clip_by_value(image / 127.5 - 1.0, -1.0, 1.0)
+
+
+def build_tf_dataset(name: str, split: str, batch_size: int, data_dir: str | None = None,
+                     train: bool = True, seed: int = 0, download: bool = False,
+                     process_index: int = 0, process_count: int = 1, *,
+                     drop_remainder: bool | None = None, shuffle_buffer: int = 10_000,
+                     prefetch: int = 2):
+  """The tf.data pipeline behind `build_dataset` (same arguments)."""
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'Need 0 <= process_index < process_count, got {process_index}, '
+                     f'{process_count}.')
+  if batch_size < 1:
+    raise ValueError(f'batch_size must be positive, got {batch_size}.')
+  spec = resolve(name)
+  builder = _builder(spec, data_dir, download)
+  if process_count > 1:
+    split = tfds.split_for_jax_process(split, process_index=process_index,
+                                       process_count=process_count)
+  # Distinct but reproducible randomness per process.
+  seed = int(seed) * 1_000_003 + int(process_index)
+  read_config = tfds.ReadConfig(shuffle_seed=seed)
+  ds = builder.as_dataset(split=split, shuffle_files=train, read_config=read_config)
+
+  def select(ex):
+    out = {'image': ex['image']}
+    if spec.label_key:
+      out['label'] = tf.cast(ex[spec.label_key], tf.int32)
+    return out
+  ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
+
+  if train:
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    flip_seeds = tf.data.Dataset.random(seed=seed).batch(2)
+
+    def augment(ex, flip_seed):
+      image = preprocess_image(ex['image'], spec)
+      return dict(ex, image=tf.image.stateless_random_flip_left_right(image, flip_seed))
+    ds = tf.data.Dataset.zip((ds, flip_seeds)).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+  else:
+    ds = ds.map(lambda ex: dict(ex, image=preprocess_image(ex['image'], spec)),
+                num_parallel_calls=tf.data.AUTOTUNE)
+  drop = train if drop_remainder is None else drop_remainder
+  ds = ds.batch(batch_size, drop_remainder=drop)
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options).prefetch(prefetch)
+
+
+def build_dataset(name: str, split: str, batch_size: int, data_dir: str | None = None,
+                  train: bool = True, seed: int = 0, download: bool = False,
+                  process_index: int = 0, process_count: int = 1, *,
+                  drop_remainder: bool | None = None, shuffle_buffer: int = 10_000,
+                  prefetch: int = 2) -> Iterator[dict]:
+  """Iterator of NumPy batches {'image': float32 (B, H, W, 3) in [-1, 1], 'label': int32 (B,)}.
+
+  Args:
+    name: a key of `DATASETS` or `ALIASES` ('cifar10', 'imagenet32', 'svhn_cropped', 'celeb_a'...).
+    split: TFDS split string ('train', 'test', 'train[:90%]', ...).
+    batch_size: per-process batch size.
+    data_dir: TFDS data directory (None: TFDS_DATA_DIR or ~/tensorflow_datasets).
+    train: shuffle, repeat forever and flip randomly; else one deterministic pass.
+    seed: seed of the file/example shuffles and of the flips (combined with process_index).
+    download: run `builder.download_and_prepare()` if the data is not prepared (default: raise).
+    process_index, process_count: this host's slice of the split (tfds.split_for_jax_process).
+    drop_remainder: drop the last partial batch (default: True when training, else False).
+    shuffle_buffer: examples in the shuffle buffer (training).
+    prefetch: batches prefetched by tf.data.
+
+  'label' is present only for datasets with labels (not celeb_a or downsampled_imagenet).
+  """
+  import tensorflow_datasets as tfds
+  ds = build_tf_dataset(name, split, batch_size, data_dir, train, seed, download, process_index,
+                        process_count, drop_remainder=drop_remainder,
+                        shuffle_buffer=shuffle_buffer, prefetch=prefetch)
+  return iter(tfds.as_numpy(ds))

@@ -1,0 +1,64 @@
+"""Time-conditioned energies E(x, t) for the diffusion upper bound (DESIGN.md section 5).
+
+Every module maps x (B, ...) and t (B,) (or a scalar, or None) to energies (B,), treating samples
+independently. t = None means t = 0, and E(x, 0) is the EBM used everywhere else, so
+`module.apply(variables, x)` is a drop-in energy for `bibound_jax.train` while
+`module.apply(variables, x, t)` feeds `bibound_jax.bounds.diffusion.dsm_loss`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from bibound_jax.bounds.diffusion import sinusoidal_embedding
+from bibound_jax.models.toy import PRELU_INIT
+
+
+def _times(t, x):
+  """t as a (B,) array in x's dtype; None -> zeros, a scalar -> broadcast."""
+  b = x.shape[0]
+  if t is None:
+    return jnp.zeros((b,), x.dtype)
+  return jnp.broadcast_to(jnp.asarray(t, x.dtype), (b,))
+
+
+class TimeEmbedding(nn.Module):
+  """t (B,) -> (B, features): sinusoidal_embedding(t, freq_dim, scale), Dense, swish, Dense."""
+  features: int = 64
+  freq_dim: int = 32
+  scale: float = 1000.0
+
+  @nn.compact
+  def __call__(self, t):
+    emb = sinusoidal_embedding(t, self.freq_dim, self.scale)
+    return nn.Dense(self.features)(nn.swish(nn.Dense(self.features)(emb)))
+
+
+class TimeMLPEnergy(nn.Module):
+  """E(x, t) = scale * f(x, t): the toy PReLU MLP (2-100-100-1) with FiLM time conditioning.
+
+  Hidden layer l is PReLU(Dense(h) * (1 + gamma_l(t)) + beta_l(t)), [gamma_l, beta_l] a linear
+  map of the time embedding. Time must act multiplicatively: the network is piecewise linear in
+  x, so grad_x E -- all that DSM sees -- depends on additive (bias-like) terms only through the
+  activation pattern, and their DSM gradient is zero almost everywhere; gamma_l(t) rescales
+  grad_x E smoothly. At a fixed t, gamma and beta are constants absorbed by the Dense layer, so
+  E(., 0) spans the same family as `bibound_jax.models.toy.MLPEnergy`. Learnable scalar output
+  scale (init 1).
+  """
+  hidden: Sequence[int] = (100, 100)
+  time_features: int = 64
+  freq_dim: int = 32
+  time_scale: float = 1000.0
+
+  @nn.compact
+  def __call__(self, x, t=None):
+    h = jnp.reshape(x, (x.shape[0], -1))
+    temb = TimeEmbedding(self.time_features, self.freq_dim, self.time_scale)(_times(t, x))
+    for width in self.hidden:
+      gamma, beta = jnp.split(nn.Dense(2 * width)(temb), 2, axis=-1)
+      h = nn.Dense(width)(h) * (1.0 + gamma) + beta
+      h = nn.PReLU(negative_slope_init=PRELU_INIT)(h)
+    out = nn.Dense(1)(h)[:, 0]
+    return self.param('scale', nn.initializers.ones, ()) * out
