@@ -31,6 +31,7 @@ PAIRINGS = [
     ('sv+gp exact_smin', 'sv+gp', {'estimator': 'exact_smin'}),
     ('sv+gp lobpcg (2 it)', 'sv+gp', {'estimator': 'lobpcg', 'num_iters': 2}),
     ('sv+gp inverse_cg (5x10)', 'sv+gp', {'estimator': 'inverse_cg', 'num_iters': 5}),
+    ('mi+diff (ba)', 'mi+diff', {}),
 ]
 
 

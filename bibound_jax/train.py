@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+from bibound_jax import sharding
 from bibound_jax.bounds import baselines
 from bibound_jax.bounds import diffusion
 from bibound_jax.bounds import entropy
@@ -284,7 +285,7 @@ def check_batch_shape(shape, config) -> None:
         'Reshape the batch or fix the config.')
 
 
-def train_step(state: BiboundState, batch: jax.Array, rng: jax.Array, *, config):
+def train_step(state: BiboundState, batch: jax.Array, rng: jax.Array, *, config, mesh=None):
   """One iteration: `n_critic` energy updates (one per leading slice of `batch`), then one
   generator update. batch: (n_critic, B, *data_shape). Returns (new_state, metrics)."""
   check_batch_shape(batch.shape, config)
@@ -293,11 +294,17 @@ def train_step(state: BiboundState, batch: jax.Array, rng: jax.Array, *, config)
   latent_dim = config.model.generator.latent_dim
   k_energy, k_gen = jax.random.split(jax.random.fold_in(rng, state.step))
 
+  def latents(key):
+    z = jax.random.normal(key, (batch_size, latent_dim), jnp.float32)
+    if mesh is not None:  # each device draws (and keeps) only its own slice of the batch
+      z = jax.lax.with_sharding_constraint(z, sharding.latent_sharding(mesh))
+    return z
+
   def critic_step(carry, inputs):
     st = carry
     x_data, key = inputs
     k_z, k_loss = jax.random.split(key)
-    z = jax.random.normal(k_z, (batch_size, latent_dim), jnp.float32)
+    z = latents(k_z)
     (loss, aux), grads = jax.value_and_grad(energy_loss, has_aux=True)(
         st.energy.params, st, x_data, z, k_loss, config)
     finite = _all_finite(loss, aux, grads)
@@ -312,7 +319,7 @@ def train_step(state: BiboundState, batch: jax.Array, rng: jax.Array, *, config)
   e_aux = jax.tree.map(lambda a: a[-1], e_aux)
 
   k_z, k_loss = jax.random.split(k_gen)
-  z = jax.random.normal(k_z, (batch_size, latent_dim), jnp.float32)
+  z = latents(k_z)
   c_metrics = {}
   if state.critic is not None:
     # One critic/encoder step on this iteration's samples, then G with the updated critic fixed.
@@ -346,11 +353,17 @@ def train_step(state: BiboundState, batch: jax.Array, rng: jax.Array, *, config)
   return state, metrics
 
 
-def make_train_step(config, donate: bool = True):
+def make_train_step(config, donate: bool = True, mesh=None):
   """jit-compiled `train_step(state, batch, rng) -> (state, metrics)` for a fixed config.
 
-  The config is closed over (static); the step compiles once per input shape. With `donate`,
-  the input state's buffers are reused: never touch a state after passing it in.
+  The config is closed over (static); the step compiles once per input shape. The step runs
+  data-parallel over `mesh` (default: all devices; see bibound_jax/sharding.py): state and
+  metrics replicated, the batch sharded along B. With `donate`, the input state's buffers are
+  reused: never touch a state after passing it in.
   """
-  step = functools.partial(train_step, config=config)
-  return jax.jit(step, donate_argnums=(0,) if donate else ())
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  sharding.per_device_batch(config.train.batch_size, mesh)
+  step = functools.partial(train_step, config=config, mesh=mesh)
+  rep = sharding.replicated(mesh)
+  return jax.jit(step, in_shardings=(rep, sharding.batch_sharding(mesh), rep),
+                 out_shardings=(rep, rep), donate_argnums=(0,) if donate else ())

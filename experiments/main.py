@@ -19,6 +19,11 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and figures.')
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
                                 lock_config=True)
+flags.DEFINE_string('coordinator_address', None,
+                    'host:port of process 0 for a multi-process run (jax.distributed). Without '
+                    'it, BIBOUND_DISTRIBUTED=1 lets JAX detect the cluster (TPU pod, SLURM).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
+flags.DEFINE_integer('process_id', None, 'This process (with --coordinator_address).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -36,8 +41,11 @@ def main(argv):
   # Imported here so that --help and flag errors do not wait for JAX and TensorFlow.
   import jax
   from bibound_jax import config_lib
+  from bibound_jax import sharding
   from experiments import run
 
+  sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                  FLAGS.process_id)
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
   try:

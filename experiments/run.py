@@ -13,6 +13,7 @@ Workdir layout:
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -28,6 +29,7 @@ from clu import periodic_actions
 
 from bibound_jax import config_lib
 from bibound_jax import models
+from bibound_jax import sharding
 from bibound_jax import train
 from bibound_jax.data import toy as toy_data
 from experiments import toy_eval
@@ -155,11 +157,19 @@ def check_finite(buffer: list[dict], first_step: int, manager) -> None:
         "train.nonfinite='skip' to drop such updates.")
 
 
-def warn_if_diverging(scalars: dict, step: int, config) -> bool:
-  """Log a warning when E(fake) - E(real) or |E| passes the configured thresholds."""
+def warn_if_diverging(scalars: dict, step: int, config, warned: list | None = None) -> bool:
+  """Log a warning when E(fake) - E(real) or |E| passes the configured thresholds.
+
+  Returns whether the thresholds are passed. With `warned` (a one-element list holding the
+  level last warned about) the warning repeats only when the excess doubles, not every log."""
   gap = scalars['energy_fake'] - scalars['energy_real']
   size = max(abs(scalars['energy_fake']), abs(scalars['energy_real']))
-  if gap > config.train.divergence_gap or size > config.train.divergence_energy:
+  excess = max(gap / config.train.divergence_gap, size / config.train.divergence_energy)
+  if excess > 1.0:
+    if warned is not None:
+      if excess < 2.0 * warned[0]:
+        return True
+      warned[0] = excess
     logging.warning(
         'Divergence at iteration %d: E(fake) - E(real) = %.3g (threshold %g), max |E| = %.3g '
         '(threshold %g). The energy is running away from the generator; the lower-bound-only '
@@ -193,12 +203,14 @@ class _Preemption:
       signal.signal(sig, handler)
 
 
-def make_data_fn(config):
-  """batch_at(step) -> (n_critic, B, 2): a pure function of (seed, step), jit-compiled."""
+def make_data_fn(config, mesh=None):
+  """batch_at(step) -> (n_critic, B, 2): a pure function of (seed, step), jit-compiled and
+  produced directly in its batch sharding (each device generates its own slice)."""
   name, n_critic, batch = config.data.name, config.optim.n_critic, config.train.batch_size
   data_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  mesh = sharding.make_mesh() if mesh is None else mesh
 
-  @jax.jit
+  @functools.partial(jax.jit, out_shardings=sharding.batch_sharding(mesh))
   def batch_at(step):
     key = jax.random.fold_in(data_key, step)
     return toy_data.sample(name, key, n_critic * batch).reshape(n_critic, batch, -1)
@@ -238,10 +250,16 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
 
+  mesh = sharding.make_mesh()
+  try:
+    sharding.per_device_batch(config.train.batch_size, mesh)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
   energy_model, gen_model = models.create_models(config.model, config.data.shape)
   rng = jax.random.key(config.seed)
   init_key, rng = jax.random.split(rng)
   state = train.create_state(config, energy_model, gen_model, init_key, config.data.shape)
+  state, rng = sharding.replicate((state, rng), mesh)
 
   manager = checkpoint_manager(workdir, config)
   restored = restore_checkpoint(manager, state, rng, config=config)
@@ -254,14 +272,14 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
     writer.write_hparams({k: str(v) for k, v in _flatten(config.to_dict()).items()})
   start = int(state.step)
 
-  step_fn = train.make_train_step(config)
-  batch_at = make_data_fn(config)
+  step_fn = train.make_train_step(config, mesh=mesh)
+  batch_at = make_data_fn(config, mesh)
   evaluator = toy_eval.ToyEvaluator(config, energy_model, gen_model)
   num_steps = config.train.num_steps
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   hooks = [report] if is_chief else []
 
-  buffer, buffer_start = [], start + 1
+  buffer, buffer_start, warned = [], start + 1, [0.5]
   with metric_writers.ensure_flushes(writer), _Preemption() as preempted:
     for step in range(start + 1, num_steps + 1):
       # `step` counts iterations done after this one; the step function donates `state`.
@@ -285,7 +303,7 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
         writer.write_scalars(step, scalars)
         if is_chief:
           _append_jsonl(metrics_path, dict(step=step, **scalars))
-        warn_if_diverging(scalars, step, config)
+        warn_if_diverging(scalars, step, config, warned)
       if eval_now:
         with report.timed('eval'):
           scalars = evaluator.evaluate(state, step, workdir, metrics_path)

@@ -112,6 +112,8 @@ class ToyEvaluator:
   def compute(self, state: train.BiboundState) -> tuple[dict, dict]:
     """(scalar metrics, arrays) for the current state."""
     cfg = self.config
+    # Evaluate on this host's default device: the replicated state comes to the host once.
+    state = jax.device_get(state)
     e_params, gen = state.energy.params, state.generator
     samples = np.asarray(self._generate(gen, self.z))
     energy_grid = _chunked(lambda x: self._energy(e_params, x), self.grid)

@@ -81,8 +81,8 @@ def test_partial_checkpoint_is_never_picked_as_latest(tmp_path):
 def _nan_at(step_to_break):
   real = run.make_data_fn
 
-  def make_data_fn(config):
-    batch_at = real(config)
+  def make_data_fn(config, *args):
+    batch_at = real(config, *args)
     return lambda step: jnp.where(step == step_to_break, jnp.nan, batch_at(step))
   return make_data_fn
 
@@ -122,6 +122,17 @@ def test_divergence_detector():
   assert run.warn_if_diverging({'energy_fake': 80.0, 'energy_real': 10.0}, 5, cfg)
   assert run.warn_if_diverging({'energy_fake': 2e3, 'energy_real': 2e3}, 5, cfg)
   assert not run.warn_if_diverging({'energy_fake': 3.0, 'energy_real': 1.0}, 5, cfg)
+  # In the loop it warns once per doubling of the excess, not at every log step.
+  warned, logged = [0.5], []
+  from absl import logging
+  original = logging.warning
+  logging.warning = lambda *a: logged.append(a)
+  try:
+    for gap in (60.0, 70.0, 90.0, 130.0, 210.0):
+      run.warn_if_diverging({'energy_fake': gap, 'energy_real': 0.0}, 5, cfg, warned)
+  finally:
+    logging.warning = original
+  assert len(logged) == 2  # at 60 (first) and at 130 (> 2 x 60)
 
 
 def test_workdir_of_an_incompatible_config_names_the_keys(tmp_path):

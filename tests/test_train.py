@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from bibound_jax import models
+from bibound_jax import sharding
 from bibound_jax import train
 from configs import toy
 
@@ -15,7 +16,8 @@ def _setup(arg=None, **bounds):
   cfg.bounds.update(bounds)
   energy, gen = models.create_models(cfg.model, cfg.data.shape)
   state = train.create_state(cfg, energy, gen, jax.random.key(0), cfg.data.shape)
-  return cfg, state
+  # As the run loop does: the state lives replicated on the device mesh.
+  return cfg, sharding.replicate(state, sharding.make_mesh())
 
 
 def _batch(cfg, seed=0):

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bibound_jax.models.time_energy import TimeEmbedding, _times
 from bibound_jax.models.toy import SNDense
@@ -54,19 +55,24 @@ class SNConv(nn.Module):
       singular value of the kernel reshaped to a (kh * kw * c_in, c_out) matrix, started from
       v = ones(c_out) / sqrt(c_out). Cheap, but it does *not* bound the convolution's operator
       norm by 1: the conv's norm is at most sqrt(kh * kw) * sigma (equality for a kernel with
-      identical taps), and at random initialisation it is typically ~1.2-1.6 * sigma.
+      identical taps); measured at random initialisation: 1.3-1.5 * sigma for the 64..512
+      channel layers, 2.5 * sigma for the 3-channel input conv.
     'operator': sigma is the operator norm of the convolution itself (stride and zero padding
       included) on inputs of this call's spatial size, by power iteration on the linear map
-      (the transpose by `jax.linear_transpose`) started from a fixed N(0, I) vector (seed 0).
+      (the transpose by `jax.linear_transpose`) started from a fixed N(0, I) vector (NumPy seed 0).
       The normalised layer is then 1-Lipschitz up to the power iteration's under-estimate of
       sigma. Costs 2 * power_iters single-image convolutions per call.
+
+  A fixed start converges only as far as `power_iters` allows (no persistent u as in PyTorch):
+  measured at initialisation, 10 iterations under-estimate sigma by ~3-5% in both modes (so the
+  normalised norm is ~1.04), 30 iterations by ~1-2%.
   """
   features: int
   kernel_size: Sequence[int] = (3, 3)
   strides: Sequence[int] = (1, 1)
   padding: Any = 'SAME'
   use_bias: bool = True
-  power_iters: int = 10
+  power_iters: int = 10   # >= 1; run in a lax.fori_loop (a small graph: fast compiles).
   mode: str = 'kernel'
 
   def _conv(self, x, kernel):
@@ -78,24 +84,28 @@ class SNConv(nn.Module):
 
   def sigma(self, kernel, spatial_shape):
     """The spectral norm estimate (differentiable in `kernel`; u and v held fixed)."""
+    if self.power_iters < 1:
+      raise ValueError(f'power_iters must be >= 1, got {self.power_iters}.')
     w = jax.lax.stop_gradient(kernel)
     if self.mode == 'kernel':
       mat, full = w.reshape(-1, self.features), kernel.reshape(-1, self.features)
       v = jnp.ones((self.features,), kernel.dtype) / math.sqrt(self.features)
-      for _ in range(self.power_iters):
-        u = _normalize(mat @ v)
-        v = _normalize(mat.T @ u)
+      v = jax.lax.fori_loop(0, self.power_iters - 1,
+                            lambda _, v: _normalize(mat.T @ _normalize(mat @ v)), v)
+      u = _normalize(mat @ v)
+      v = _normalize(mat.T @ u)
       return u @ full @ v
     if self.mode == 'operator':
       shape = (1,) + tuple(spatial_shape) + (kernel.shape[2],)
       conv = lambda v: self._conv(v, w)
       conv_t = jax.linear_transpose(conv, jax.ShapeDtypeStruct(shape, kernel.dtype))
-      v = _normalize(jax.random.normal(jax.random.key(0), shape, kernel.dtype))
-      for _ in range(self.power_iters):
-        u = _normalize(conv(v))
-        v = _normalize(conv_t(u)[0])
-      u = jax.lax.stop_gradient(u)
-      v = jax.lax.stop_gradient(v)
+      # Fixed start: N(0, I) from NumPy at trace time (a constant; no PRNG in the graph).
+      v0 = np.random.default_rng(0).standard_normal(shape)
+      v = jnp.asarray(v0 / np.linalg.norm(v0), kernel.dtype)
+      v = jax.lax.fori_loop(0, self.power_iters - 1,
+                            lambda _, v: _normalize(conv_t(_normalize(conv(v)))[0]), v)
+      u = _normalize(conv(v))
+      v = _normalize(conv_t(u)[0])
       return jnp.vdot(u, self._conv(v, kernel))
     raise ValueError(f'SNConv mode must be one of {SN_MODES}, got {self.mode!r}.')
 

@@ -5,7 +5,9 @@
 Config keys (`model_config` is a ConfigDict or dict with `energy` and `generator` sub-dicts;
 everything but the names and `generator.latent_dim` is optional):
 
-  energy.name              'mlp' | 'dcgan' | 'resnet'
+  energy.name              'mlp' | 'dcgan' | 'resnet', or 'time_mlp' | 'time_dcgan' |
+                           'time_resnet' (= the base name with time_conditioned=True; the
+                           repo's convention, `bibound_jax.models.TIME_ENERGIES`)
   energy.hidden            mlp: hidden widths (default the StackedMNIST FC 2000-1000-500-250-250)
   energy.width             dcgan/resnet: base channel count (default 64)
   energy.channel_multipliers  resnet: per-block multipliers of width (default 1, 2, 4, 8, 16)
@@ -42,6 +44,8 @@ from bibound_jax.models.toy import MLPGenerator
 
 IMAGE_ENERGIES = ('mlp', 'dcgan', 'resnet')
 IMAGE_GENERATORS = ('mlp', 'dcgan', 'resnet')
+# Time-conditioned E(x, t) energies, by name (energy.time_conditioned=True does the same).
+TIME_IMAGE_ENERGIES = tuple(f'time_{n}' for n in IMAGE_ENERGIES)
 
 
 def _get(cfg, key, default):
@@ -64,6 +68,8 @@ def create_image_energy(cfg, data_shape: Sequence[int]):
   data_shape = tuple(data_shape)
   name = _get(cfg, 'name', None)
   timed = bool(_get(cfg, 'time_conditioned', False))
+  if name in TIME_IMAGE_ENERGIES:
+    name, timed = name[len('time_'):], True
   sn = _sn_kwargs(cfg)
   time_kw = dict(time_features=int(_get(cfg, 'time_features', 128)),
                  time_scale=float(_get(cfg, 'time_scale', 1000.0)))
@@ -94,7 +100,8 @@ def create_image_energy(cfg, data_shape: Sequence[int]):
     if timed:
       return resnet.TimeResNetEnergy(data_shape, width, mults, **sn, **time_kw)
     return resnet.ResNetEnergy(data_shape, width, mults, **sn)
-  raise ValueError(f'Unknown energy network {name!r}; valid: {", ".join(IMAGE_ENERGIES)}.')
+  raise ValueError(f'Unknown energy network {name!r}; valid: {", ".join(IMAGE_ENERGIES)} '
+                   f'(time-conditioned: {", ".join(TIME_IMAGE_ENERGIES)}).')
 
 
 def create_image_generator(cfg, data_shape: Sequence[int]):

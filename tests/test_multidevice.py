@@ -1,0 +1,105 @@
+"""Data parallelism: 4 devices == 1 device; 2 processes == 1 process; checkpoints move between
+device counts. Runs JAX in subprocesses with fake CPU devices / a localhost cluster."""
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import run
+from test_run import REPO
+import multidevice_worker as worker
+
+WORKER = os.path.join(REPO, 'tests', 'multidevice_worker.py')
+
+
+def _env(devices, steps=10):
+  env = dict(os.environ, MD_STEPS=str(steps))
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env['JAX_PLATFORMS'] = 'cpu'
+  return env
+
+
+def _run(args, devices, timeout=600):
+  proc = subprocess.run([sys.executable, WORKER, *args], cwd=REPO, env=_env(devices),
+                        capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def _assert_close(a, b):
+  """Equal up to float32 rounding amplified over a few steps. The reduction order differs with
+  the device count, and the entropy gradient (through 1/s of small singular values of J) blows
+  such rounding up about tenfold per step at this initialisation: two steps keep it near
+  1e-4, while a real error (per-device
+  BatchNorm statistics, unaveraged gradients, repeated latents) moves parameters by O(lr) =
+  1e-2 in these configs."""
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_allclose(a[k], b[k], rtol=1e-3, atol=3e-4, err_msg=k)
+
+
+def test_four_devices_give_the_parameters_of_one_device(tmp_path):
+  _run(['compare', str(tmp_path / 'p.npz')], devices=4)
+  p = np.load(tmp_path / 'p.npz')
+  four = {k[5:]: p[k] for k in p if k.startswith('four/')}
+  one = {k[4:]: p[k] for k in p if k.startswith('one/')}
+  assert len(four) > 5
+  _assert_close(four, one)
+
+
+def test_checkpoint_saved_on_four_devices_restores_on_one(tmp_path):
+  _run(['train', str(tmp_path / 'w4'), str(tmp_path / 'p4.npz')], devices=4)
+  saved = dict(np.load(tmp_path / 'p4.npz'))
+  # This process has one device: the checkpoint restores exactly onto it ...
+  cfg = worker.small_config(20)
+  from bibound_jax import models, sharding, train
+  energy, gen = models.create_models(cfg.model, cfg.data.shape)
+  template = sharding.replicate(train.create_state(cfg, energy, gen, jax.random.key(0),
+                                                   cfg.data.shape), sharding.make_mesh())
+  manager = run.checkpoint_manager(str(tmp_path / 'w4'), cfg)
+  restored, _ = run.restore_checkpoint(manager, template, jax.random.key(0), config=cfg)
+  manager.close()
+  assert int(restored.step) == 10 and len(jax.devices()) == 1
+  restored_params = worker.flat_params(restored)
+  for k in saved:
+    np.testing.assert_array_equal(restored_params[k], saved[k], err_msg=k)
+  # ... and training continues from it.
+  resumed = run.train_and_evaluate(cfg, str(tmp_path / 'w4'))
+  assert int(resumed.step) == 20
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tmp_path):
+  address = f'localhost:{_free_port()}'
+  procs = [subprocess.Popen(
+      [sys.executable, WORKER, 'train', str(tmp_path / 'w'), str(tmp_path / f'p{i}.npz'),
+       address, '2', str(i)], cwd=REPO, env=_env(2, steps=2), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-4000:]
+  p0, p1 = (dict(np.load(tmp_path / f'p{i}.npz')) for i in range(2))
+  for k in p0:
+    np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)
+  single = run.train_and_evaluate(worker.small_config(2), str(tmp_path / 'single'))
+  _assert_close(p0, worker.flat_params(single))
+  # Only process 0 wrote metrics and figures.
+  assert os.path.exists(tmp_path / 'w' / 'eval' / 'samples.png')
+
+
+def test_global_batch_must_divide_over_devices():
+  from bibound_jax import sharding
+  mesh = sharding.make_mesh(jax.devices() * 1)
+  assert sharding.per_device_batch(64, mesh) == 64 // len(jax.devices())
+  fake = type('M', (), {'devices': np.zeros(3)})()
+  with pytest.raises(ValueError, match=r'batch_size = 64 is the GLOBAL batch.*3 devices.*'
+                     r'--config.train.batch_size=63'):
+    sharding.per_device_batch(64, fake)
