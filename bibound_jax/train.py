@@ -166,7 +166,8 @@ def energy_loss(e_params, state: BiboundState, x_data, z, key, config):
   bcfg = config.bounds
   _, upper = bound_names(bcfg)
   energy_fn = lambda x: state.energy.apply_fn({'params': e_params}, x)
-  k_probe, k_est, k_interp, k_noise = jax.random.split(key, 4)
+  k_probe, k_est, k_interp = jax.random.split(key, 3)
+  k_noise = jax.random.fold_in(key, 3)  # MI output noise (kept apart: the other keys are fixed)
   x_fake, _ = generate(state.generator, z, train=True)
   if bcfg.lower == 'mi':  # the MI bound is on the entropy of the noisy generator
     x_fake = mutual_info.add_output_noise(x_fake, output_sigma(state.generator.params, bcfg),
