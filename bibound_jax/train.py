@@ -148,7 +148,8 @@ def _global_norm(tree) -> jax.Array:
   return optax.global_norm(tree)
 
 
-def _all_finite(*trees) -> jax.Array:
+def all_finite(*trees) -> jax.Array:
+  """True iff every leaf of every tree is finite (jit-compatible)."""
   leaves = [x for t in trees for x in jax.tree.leaves(t)]
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
@@ -308,7 +309,7 @@ def train_step(state: BiboundState, batch: jax.Array, rng: jax.Array, *, config,
     z = latents(k_z)
     (loss, aux), grads = jax.value_and_grad(energy_loss, has_aux=True)(
         st.energy.params, st, x_data, z, k_loss, config)
-    finite = _all_finite(loss, aux, grads)
+    finite = all_finite(loss, aux, grads)
     aux = dict(aux, loss_energy=loss, grad_norm_energy=_global_norm(grads),
                finite_energy=finite)
     energy = _keep_if_finite(st.energy.apply_gradients(grads=grads), st.energy, finite, skip)
@@ -328,7 +329,7 @@ def train_step(state: BiboundState, batch: jax.Array, rng: jax.Array, *, config,
                                   jax.random.split(k_loss)[0], config)
     c_loss, c_grads = jax.value_and_grad(critic_loss)(state.critic.params, state, x_noisy, z,
                                                       config)
-    c_finite = _all_finite(c_loss, c_grads)
+    c_finite = all_finite(c_loss, c_grads)
     state = state.replace(critic=_keep_if_finite(state.critic.apply_gradients(grads=c_grads),
                                                  state.critic, c_finite, skip))
     c_metrics = {'loss_critic': c_loss, 'grad_norm_critic': _global_norm(c_grads)}
@@ -336,7 +337,7 @@ def train_step(state: BiboundState, batch: jax.Array, rng: jax.Array, *, config,
   (g_loss, g_aux), g_grads = jax.value_and_grad(generator_loss, has_aux=True)(
       state.generator.params, state, z, k_loss, config)
   new_stats = g_aux.pop('new_batch_stats')
-  g_finite = _all_finite(g_loss, g_aux, g_grads, new_stats)
+  g_finite = all_finite(g_loss, g_aux, g_grads, new_stats)
   generator = _keep_if_finite(
       state.generator.apply_gradients(grads=g_grads).replace(batch_stats=new_stats),
       state.generator, g_finite, skip)

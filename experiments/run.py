@@ -42,8 +42,7 @@ def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
                                options=options)
 
 
-_all_finite = jax.jit(lambda tree: jnp.all(jnp.stack(
-    [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)])))
+_all_finite = jax.jit(train.all_finite)
 
 
 def save_checkpoint(manager: ocp.CheckpointManager, state: train.BiboundState, rng: jax.Array,
