@@ -1,6 +1,11 @@
 """Steady-state time per training iteration of every bound pairing, as ratios to wgan_gp.
 
-    python -m benchmarks.step_time                 # toy networks (2-100-100, batch 200)
+    python -m benchmarks.step_time                       # toy networks (2-100-100, batch 200)
+    python -m benchmarks.step_time --networks=toy,fc,dcgan32 --iters=5
+      fc       StackedMNIST FC pair (configs/stackedmnist.py, d = 32, batch 64)
+      fc_cpu   its CPU-sized variant (configs/stackedmnist.py:cpu)
+      dcgan28  StackedMNIST DCGAN-style pair (configs/stackedmnist.py:cnn)
+      dcgan32  CIFAR-10 DCGAN pair (configs/cifar10.py, d = 128, batch 64)
 
 Each pairing's jit-compiled step is compiled first, then all pairings are timed in interleaved
 rounds (so machine noise hits them alike); the table gives the median ms per iteration over
@@ -20,6 +25,8 @@ from bibound_jax import train
 
 flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds.')
 flags.DEFINE_integer('iters', 100, 'Iterations per pairing per round.')
+flags.DEFINE_list('networks', ['toy'], 'Network sets to time: toy, fc, fc_cpu, dcgan28, dcgan32.')
+flags.DEFINE_list('pairings', [], 'Only these pairing labels (default: all).')
 FLAGS = flags.FLAGS
 
 # (label, preset, bounds overrides)
@@ -35,14 +42,36 @@ PAIRINGS = [
 ]
 
 
-def toy_runner(preset, overrides):
-  from configs import toy
-  cfg = toy.get_config(preset)
+# network set -> (config module, config argument, description)
+NETWORKS = {
+    'toy': ('toy', '', 'toy networks (E 2-100-100-1, G 2-100-100-2, batch 200)'),
+    'fc': ('stackedmnist', '', 'StackedMNIST FC (E 2352-2000-1000-500-250-250-1, '
+           'G 32-500-1000-2000-2352, batch 64)'),
+    'fc_cpu': ('stackedmnist', 'cpu', 'StackedMNIST FC, CPU variant (E 2352-1000-500-250-250-1, '
+               'G 32-250-500-1000-2352, batch 64)'),
+    'dcgan28': ('stackedmnist', 'cnn', 'StackedMNIST DCGAN-style CNN (d = 32, batch 64)'),
+    'dcgan32': ('cifar10', '', 'CIFAR-10 DCGAN (d = 128, batch 64)'),
+}
+
+
+def get_config(network: str, preset: str):
+  module, arg, _ = NETWORKS[network]
+  import importlib
+  config_module = importlib.import_module(f'configs.{module}')
+  cfg = config_module.get_config(','.join(a for a in (arg, preset) if a))
+  if network == 'dcgan28' and preset == 'mi+diff':
+    cfg.model.energy.name = 'time_mlp'   # no time-conditioned 28x28 CNN energy
+  return cfg
+
+
+def make_runner(network, preset, overrides):
+  cfg = get_config(network, preset)
   cfg.bounds.update(overrides)
   energy, gen = models.create_models(cfg.model, cfg.data.shape)
   state = train.create_state(cfg, energy, gen, jax.random.key(0), cfg.data.shape)
   step = train.make_train_step(cfg)
-  batch = jax.random.normal(jax.random.key(1), (1, cfg.train.batch_size, 2))
+  batch = jax.random.uniform(jax.random.key(1), (1, cfg.train.batch_size, *cfg.data.shape),
+                             minval=-1.0, maxval=1.0)
   rng = jax.random.key(2)
   holder = {'state': step(state, batch, rng)[0]}
 
@@ -56,9 +85,11 @@ def toy_runner(preset, overrides):
   return run
 
 
-def main(argv):
-  del argv
-  runners = [(label, toy_runner(preset, ov)) for label, preset, ov in PAIRINGS]
+def time_network(network: str) -> None:
+  """Compile every pairing, time them in interleaved rounds, print the table."""
+  pairings = [p for p in PAIRINGS if p[0] == 'wgan_gp' or not FLAGS.pairings
+              or p[0] in FLAGS.pairings]
+  runners = [(label, make_runner(network, preset, ov)) for label, preset, ov in pairings]
   times = {label: [] for label, _ in runners}
   for _ in range(FLAGS.rounds):
     for label, run in runners:
@@ -67,12 +98,20 @@ def main(argv):
       times[label].append((time.perf_counter() - t) / FLAGS.iters)
   med = {k: float(np.median(v)) for k, v in times.items()}
   base = med['wgan_gp']
-  print(f'\ntoy networks (E 2-100-100-1, G 2-100-100-2, batch 200), {jax.device_count()} x '
-        f'{jax.devices()[0].device_kind}\n')
+  print(f'\n{NETWORKS[network][2]}, {jax.device_count()} x {jax.devices()[0].device_kind}, '
+        f'median of {FLAGS.rounds} rounds of {FLAGS.iters} iterations\n')
   print('| pairing | ms / iteration | ratio to wgan_gp |')
   print('| --- | --- | --- |')
   for label, _ in runners:
-    print(f'| {label} | {1e3 * med[label]:.3f} | {med[label] / base:.2f} |')
+    print(f'| {label} | {1e3 * med[label]:.3f} | {med[label] / base:.2f} |', flush=True)
+
+
+def main(argv):
+  del argv
+  for network in FLAGS.networks:
+    if network not in NETWORKS:
+      raise app.UsageError(f'Unknown --networks entry {network!r}; valid: {", ".join(NETWORKS)}.')
+    time_network(network)
 
 
 if __name__ == '__main__':

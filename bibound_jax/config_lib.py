@@ -41,8 +41,11 @@ def _get(config, key: str):
   return node
 
 
-def validate_config(config, datasets: Iterable[str]) -> None:
-  """Check names and ranges of a training config; raise ConfigError naming the key."""
+def validate_config(config, datasets: Iterable[str], extra_positive: Iterable[str] = ()) -> None:
+  """Check names and ranges of a training config; raise ConfigError naming the key.
+
+  `extra_positive` lists the task's own keys (e.g. the toy's eval.grid_spacing) that must be
+  numbers > 0."""
   _choice(config, 'data.name', datasets)
   _choice(config, 'bounds.lower', LOWER_BOUNDS)
   _choice(config, 'bounds.upper', UPPER_BOUNDS)
@@ -60,9 +63,8 @@ def validate_config(config, datasets: Iterable[str]) -> None:
   for key in ('bounds.num_iters', 'bounds.block_size', 'bounds.cg_iters', 'optim.n_critic',
               'train.batch_size', 'train.num_steps', 'train.log_every', 'train.eval_every',
               'train.checkpoint_every', 'train.keep_checkpoints', 'optim.lr_energy',
-              'eval.num_samples', 'eval.grid_spacing', 'eval.gp_samples',
-              'train.divergence_gap', 'train.divergence_energy',
-              'optim.lr_generator', 'model.generator.latent_dim'):
+              'eval.num_samples', 'train.divergence_gap', 'train.divergence_energy',
+              'optim.lr_generator', 'model.generator.latent_dim', *extra_positive):
     _positive(config, key)
   for key in ('bounds.mi_sigma', 'bounds.diff_weight', 'bounds.diff_t_min', 'optim.lr_critic',
               'bounds.diff_beta_min', 'bounds.diff_beta_max'):
@@ -70,5 +72,9 @@ def validate_config(config, datasets: Iterable[str]) -> None:
   for key in ('bounds.lambda_h', 'bounds.gp_weight', 'bounds.gp_margin', 'bounds.r1_weight',
               'bounds.wgan_gp_weight', 'optim.grad_clip', 'optim.b1', 'optim.b2', 'optim.eps'):
     _positive(config, key, allow_zero=True)
+  sv_batch = config.bounds.get('sv_batch', 0)
+  if sv_batch and (sv_batch < 0 or config.train.batch_size % sv_batch):
+    raise ConfigError(f'config.bounds.sv_batch = {sv_batch} must be 0 (the whole batch) or a '
+                      f'divisor of config.train.batch_size = {config.train.batch_size}.')
   if not (0 <= config.optim.b1 < 1 and 0 <= config.optim.b2 < 1):
     raise ConfigError('config.optim.b1 and config.optim.b2 must lie in [0, 1).')

@@ -162,6 +162,19 @@ def _keep_if_finite(new: TrainState, old: TrainState, finite, skip: bool) -> Tra
   return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
 
 
+def sv_latents(z: jax.Array, bounds_config) -> jax.Array:
+  """The latents of the Jacobian terms: every k-th latent of the batch, k = B / bounds.sv_batch
+  (the whole batch when sv_batch is 0 or >= B).
+
+  The entropy term E_z[log vol J(z)] and the GP E_z[1/2 (a - s)^2] are means over z, so a
+  subset of the batch estimates them without bias at sv_batch / B of the Jacobian cost (more
+  variance, same expectation). The stride keeps the subset spread over the batch shards."""
+  n = int(bounds_config.get('sv_batch', 0) or 0)
+  if n <= 0 or n >= z.shape[0]:
+    return z
+  return z[::z.shape[0] // n][:n]
+
+
 def energy_loss(e_params, state: BiboundState, x_data, z, key, config):
   """loss_E = mean E(x_data) - mean E(sg G(z)) + upper_bound_term, and its diagnostics."""
   bcfg = config.bounds
@@ -179,6 +192,7 @@ def energy_loss(e_params, state: BiboundState, x_data, z, key, config):
   if upper == 'gp':
     gen = state.generator
     gen_fn = inference_generator_fn(gen)
+    z = sv_latents(z, bcfg)
     if bcfg.estimator == 'exact_logdet':
       vectors = None
     else:
@@ -264,7 +278,7 @@ def generator_loss(g_params, state: BiboundState, z, key, config):
     aux.update({'entropy': sg(h_lo), 'mi/value': mi_aux['mi'], 'mi/sigma': sg(sigma)})
   if lower == 'sv':
     est = entropy.batched_log_volume(make_estimator(bcfg), inference_generator_fn(gen),
-                                     g_params, z, key)
+                                     g_params, sv_latents(z, bcfg), key)
     log_vol = jnp.mean(est.value)
     loss = loss - bcfg.lambda_h * log_vol
     aux.update({

@@ -9,7 +9,10 @@ Workdir layout:
   checkpoints/<step>/     orbax checkpoints (the latest `train.keep_checkpoints`)
   metrics.jsonl           the scalars written at every log step (also in TensorBoard files)
   events.out.tfevents.*   TensorBoard scalars (clu metric writer)
-  eval/                   evaluation PNGs, JSON and arrays (see experiments/toy_eval.py)
+  eval/                   evaluation PNGs, JSON and arrays (written by the task's Evaluator)
+
+The data pipeline and the evaluator come from the task of `config.data.name`
+(experiments/tasks.py: toy 2-D sets, StackedMNIST, TFDS image sets).
 """
 from __future__ import annotations
 
@@ -31,13 +34,13 @@ from bibound_jax import config_lib
 from bibound_jax import models
 from bibound_jax import sharding
 from bibound_jax import train
-from bibound_jax.data import toy as toy_data
-from experiments import toy_eval
+from experiments import tasks
 
 
-def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+def checkpoint_manager(workdir: str, config, create: bool = True) -> ocp.CheckpointManager:
   """Orbax manager over workdir/checkpoints keeping the latest `train.keep_checkpoints`."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints, create=True)
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints,
+                                         create=create, read_only=not create)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
                                options=options)
 
@@ -202,20 +205,6 @@ class _Preemption:
       signal.signal(sig, handler)
 
 
-def make_data_fn(config, mesh=None):
-  """batch_at(step) -> (n_critic, B, 2): a pure function of (seed, step), jit-compiled and
-  produced directly in its batch sharding (each device generates its own slice)."""
-  name, n_critic, batch = config.data.name, config.optim.n_critic, config.train.batch_size
-  data_key = jax.random.fold_in(jax.random.key(config.seed), 1)
-  mesh = sharding.make_mesh() if mesh is None else mesh
-
-  @functools.partial(jax.jit, out_shardings=sharding.batch_sharding(mesh))
-  def batch_at(step):
-    key = jax.random.fold_in(data_key, step)
-    return toy_data.sample(name, key, n_critic * batch).reshape(n_critic, batch, -1)
-  return batch_at
-
-
 def _append_jsonl(path: str, record: dict[str, Any]) -> None:
   with open(path, 'a') as f:
     f.write(json.dumps(record) + '\n')
@@ -240,7 +229,9 @@ def _mean_metrics(buffer: list[dict[str, jax.Array]]) -> dict[str, float]:
 
 def train_and_evaluate(config, workdir: str) -> train.BiboundState:
   """Train (or resume) the run described by `config` in `workdir`; returns the final state."""
-  config_lib.validate_config(config, toy_data.DATASETS)
+  task = tasks.get_task(config) if tasks.task_name(config.data.name) else None
+  config_lib.validate_config(config, tasks.ALL_DATASETS,
+                             extra_positive=getattr(task, 'POSITIVE_KEYS', ()))
   if config.bounds.lower == 'sv' and config.bounds.lambda_h != 1.0:
     logging.warning('bounds.lambda_h = %g != 1: the generator objective is no longer a lower '
                     'bound on the log-likelihood (DESIGN.md section 1).', config.bounds.lambda_h)
@@ -266,14 +257,14 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
     state, rng = restored
     logging.info('Resumed from %s at step %d.', manager.directory, int(state.step))
     _truncate_jsonl(metrics_path, int(state.step))
-    toy_eval.truncate_history(workdir, int(state.step))
+    task.truncate_history(workdir, int(state.step))
   else:
     writer.write_hparams({k: str(v) for k, v in _flatten(config.to_dict()).items()})
   start = int(state.step)
 
   step_fn = train.make_train_step(config, mesh=mesh)
-  batch_at = make_data_fn(config, mesh)
-  evaluator = toy_eval.ToyEvaluator(config, energy_model, gen_model)
+  batch_at = task.make_data_fn(config, mesh, start)
+  evaluator = task.Evaluator(config, energy_model, gen_model)
   num_steps = config.train.num_steps
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   hooks = [report] if is_chief else []

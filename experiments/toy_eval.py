@@ -16,6 +16,7 @@ sandwich.png, metrics_<step>.json, history.json and toy_eval.npz (`samples` 10,0
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -28,6 +29,7 @@ import numpy as np
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
+from bibound_jax import sharding  # noqa: E402
 from bibound_jax import train  # noqa: E402
 from bibound_jax.bounds import entropy  # noqa: E402
 from bibound_jax.bounds import gradient_penalty  # noqa: E402
@@ -35,6 +37,24 @@ from bibound_jax.data import toy as toy_data  # noqa: E402
 from bibound_jax.metrics import toy as toy_metrics  # noqa: E402
 
 HISTORY = 'history.json'
+DATASETS = tuple(toy_data.DATASETS)
+POSITIVE_KEYS = ('eval.grid_spacing', 'eval.gp_samples')
+
+
+def make_data_fn(config, mesh=None, start_step: int = 0):
+  """batch_at(step) -> (n_critic, B, 2): a pure function of (seed, step), jit-compiled and
+  produced directly in its batch sharding (each device generates its own slice), so a resumed
+  run sees exactly the batches of an uninterrupted one (`start_step` is not needed)."""
+  del start_step
+  name, n_critic, batch = config.data.name, config.optim.n_critic, config.train.batch_size
+  data_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  mesh = sharding.make_mesh() if mesh is None else mesh
+
+  @functools.partial(jax.jit, out_shardings=sharding.batch_sharding(mesh))
+  def batch_at(step):
+    key = jax.random.fold_in(data_key, step)
+    return toy_data.sample(name, key, n_critic * batch).reshape(n_critic, batch, -1)
+  return batch_at
 
 
 def _eval_dir(workdir: str) -> str:
@@ -173,6 +193,9 @@ class ToyEvaluator:
     plot_bound_terms(metrics_path, os.path.join(out, 'bounds.png'))
     plot_sandwich(history, self.config.bounds, os.path.join(out, 'sandwich.png'))
     return m
+
+
+Evaluator = ToyEvaluator
 
 
 def _copy(src: str, dst: str) -> None:

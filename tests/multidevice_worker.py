@@ -49,7 +49,7 @@ def main(argv):
   if mode == 'compare':
     import jax
     from bibound_jax import models, sharding, train
-    from experiments import run
+    from experiments import toy_eval
     assert jax.device_count() == 4, jax.devices()
     cfg = small_config(6)
     out = {}
@@ -58,7 +58,7 @@ def main(argv):
       energy, gen = models.create_models(cfg.model, cfg.data.shape)
       state = train.create_state(cfg, energy, gen, jax.random.key(0), cfg.data.shape)
       state = sharding.replicate(state, mesh)
-      step, batch_at = train.make_train_step(cfg, mesh=mesh), run.make_data_fn(cfg, mesh)
+      step, batch_at = train.make_train_step(cfg, mesh=mesh), toy_eval.make_data_fn(cfg, mesh)
       for t in range(cfg.train.num_steps):
         batch = batch_at(t)
         assert len(batch.sharding.device_set) == len(devices)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from experiments import run
+from experiments import toy_eval
 from test_run import REPO, _params, small_config
 
 FAST_EVAL = ['--config.eval.num_samples=500', '--config.eval.grid_spacing=0.05',
@@ -79,7 +80,7 @@ def test_partial_checkpoint_is_never_picked_as_latest(tmp_path):
 
 
 def _nan_at(step_to_break):
-  real = run.make_data_fn
+  real = toy_eval.make_data_fn
 
   def make_data_fn(config, *args):
     batch_at = real(config, *args)
@@ -88,7 +89,7 @@ def _nan_at(step_to_break):
 
 
 def test_nan_stops_the_run_naming_step_metric_and_checkpoint(tmp_path, monkeypatch):
-  monkeypatch.setattr(run, 'make_data_fn', _nan_at(16))  # iteration 17 sees NaN data
+  monkeypatch.setattr(toy_eval, 'make_data_fn', _nan_at(16))  # iteration 17 sees NaN data
   cfg = small_config(num_steps=30, checkpoint_every=10)
   with pytest.raises(run.NonFiniteError, match=r'iteration 17: .*energy_real') as err:
     run.train_and_evaluate(cfg, str(tmp_path))
@@ -98,7 +99,7 @@ def test_nan_stops_the_run_naming_step_metric_and_checkpoint(tmp_path, monkeypat
 
 
 def test_nan_skip_mode_drops_the_update_and_counts_it(tmp_path, monkeypatch):
-  monkeypatch.setattr(run, 'make_data_fn', _nan_at(16))
+  monkeypatch.setattr(toy_eval, 'make_data_fn', _nan_at(16))
   cfg = small_config(num_steps=30)
   cfg.train.nonfinite = 'skip'
   state = run.train_and_evaluate(cfg, str(tmp_path))

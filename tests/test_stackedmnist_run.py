@@ -1,0 +1,114 @@
+"""The StackedMNIST task: on-device batches, the config, a short run with mode-count evaluation,
+the standalone evaluation command, and the Jacobian-subset option."""
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bibound_jax import config_lib
+from bibound_jax import train
+from bibound_jax.data import mnist as mnist_data
+from configs import stackedmnist
+from experiments import evaluate
+from experiments import mnist_eval
+from experiments import run
+
+
+def test_stacked_batch_channels_are_the_indexed_digits():
+  images, labels = mnist_data.load_embedded('train')
+  x, index = mnist_eval.stacked_batch(jnp.asarray(images), jax.random.key(0), 32)
+  x, index = np.asarray(x), np.asarray(index)
+  assert x.shape == (32, 28, 28, 3) and x.min() >= -1.0 and x.max() <= 1.0
+  for c in range(3):
+    np.testing.assert_allclose(x[..., c], mnist_data.to_unit_range(images[index[:, c]]),
+                               atol=1e-6)
+  modes = mnist_data.stacked_modes(labels[index])
+  assert np.all(modes == 100 * labels[index[:, 0]] + 10 * labels[index[:, 1]]
+                + labels[index[:, 2]])
+
+
+def tiny_config(tmp_path, **train_overrides):
+  cfg = stackedmnist.get_config('cpu')
+  cfg.data.source = 'embedded'
+  cfg.model.energy.hidden = (64, 32)
+  cfg.model.generator.hidden = (32, 64)
+  cfg.model.generator.latent_dim = 4
+  cfg.bounds.sv_batch = 4
+  cfg.train.batch_size = 16
+  cfg.train.update(dict(num_steps=4, log_every=2, eval_every=4, checkpoint_every=4))
+  cfg.train.update(train_overrides)
+  cfg.eval.num_samples = 300
+  cfg.eval.batch_size = 100
+  cfg.eval.num_data = 100
+  cfg.eval.grid_samples = 16
+  cfg.eval.classifier_steps = 40
+  cfg.eval.classifier_path = str(tmp_path / 'classifier.msgpack')
+  return cfg
+
+
+def test_data_fn_is_a_pure_function_of_seed_and_step(tmp_path):
+  cfg = tiny_config(tmp_path)
+  cfg.optim.n_critic = 2
+  batch_at = mnist_eval.make_data_fn(cfg)
+  a, b = np.asarray(batch_at(3)), np.asarray(batch_at(3))
+  assert a.shape == (2, 16, 28, 28, 3)
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, np.asarray(batch_at(4)))
+  # Every pixel is a pixel of some real digit: the values are k / 127.5 - 1.
+  np.testing.assert_allclose((a + 1.0) * 127.5, np.round((a + 1.0) * 127.5), atol=1e-4)
+
+
+def test_short_run_evaluates_modes_and_the_standalone_command_agrees(tmp_path):
+  workdir = str(tmp_path / 'run')
+  cfg = tiny_config(tmp_path)
+  state = run.train_and_evaluate(cfg, workdir)
+  assert int(state.step) == 4
+  out = os.path.join(workdir, 'eval')
+  for name in ('samples.png', 'samples_4.png', 'metrics_4.json', 'history.json', 'modes.png'):
+    assert os.path.getsize(os.path.join(out, name)) > 0, name
+  with open(os.path.join(out, 'metrics_4.json')) as f:
+    m = json.load(f)
+  assert 1 <= m['modes'] <= 300 and 0.0 <= m['kl'] <= math.log(1000) + 1e-9
+  # 300 real samples: nearly all distinct modes (an untrained generator is far from it).
+  assert m['data_modes'] > 200 and m['data_modes'] > m['modes']
+  assert os.path.exists(cfg.eval.classifier_path)   # trained once, cached for the next call
+  again = evaluate.evaluate_checkpoint(cfg, workdir)
+  assert again['step'] == 4
+  for key in ('modes', 'kl', 'data_modes', 'energy_real', 'energy_fake'):
+    assert again[key] == pytest.approx(m[key], rel=1e-5), key
+  # Resuming continues from the saved step.
+  cfg.train.num_steps = 6
+  assert int(run.train_and_evaluate(cfg, workdir).step) == 6
+
+
+def test_evaluate_without_checkpoint_names_the_fix(tmp_path):
+  with pytest.raises(run.CheckpointError, match='No checkpoint .* train first'):
+    evaluate.evaluate_checkpoint(tiny_config(tmp_path), str(tmp_path / 'empty'))
+
+
+def test_config_variants_and_errors():
+  default, cpu, cnn = (stackedmnist.get_config(a) for a in (None, 'cpu', 'cnn,r1'))
+  assert default.train.batch_size == 64 and default.optim.lr_energy == 2e-4
+  assert default.model.energy.hidden == (2000, 1000, 500, 250, 250)
+  assert default.model.generator.hidden == (500, 1000, 2000)
+  assert cpu.train.num_steps < default.train.num_steps and cpu.bounds.sv_batch == 16
+  assert cnn.model.energy.name == 'dcgan' and cnn.bounds.upper == 'r1'
+  assert stackedmnist.get_config('mi+diff').model.energy.name == 'time_mlp'
+  with pytest.raises(ValueError, match="unknown argument 'gpu'.*cpu, cnn"):
+    stackedmnist.get_config('gpu')
+  bad = stackedmnist.get_config()
+  bad.bounds.sv_batch = 24
+  with pytest.raises(config_lib.ConfigError, match='sv_batch = 24 .* divisor of'):
+    config_lib.validate_config(bad, ('stackedmnist',))
+
+
+def test_sv_latents_is_a_strided_subset():
+  z = jnp.arange(64.0)[:, None]
+  cfg = stackedmnist.get_config().bounds
+  assert train.sv_latents(z, cfg).shape == (64, 1)          # sv_batch = 0: all
+  cfg.sv_batch = 16
+  np.testing.assert_array_equal(train.sv_latents(z, cfg)[:, 0], np.arange(0, 64, 4))
