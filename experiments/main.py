@@ -50,8 +50,10 @@ def main(argv):
                jax.local_devices())
   try:
     run.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (config_lib.ConfigError, run.CheckpointError, run.NonFiniteError) as e:
-    # Bad input or a diverged run: one clear message, no traceback, exit status 1.
+  except (config_lib.ConfigError, run.CheckpointError, run.NonFiniteError,
+          FileNotFoundError) as e:
+    # Bad input (including data that is not prepared: the message names the `tfds build`
+    # command) or a diverged run: one clear message, no traceback, exit status 1.
     sys.exit(f'error: {e}')
 
 

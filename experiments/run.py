@@ -77,7 +77,8 @@ class NonFiniteError(FloatingPointError):
 # saved state means); any other difference is an error.
 RESUMABLE_KEYS = ('train.num_steps', 'train.log_every', 'train.eval_every',
                   'train.checkpoint_every', 'train.keep_checkpoints', 'train.nonfinite',
-                  'train.divergence_gap', 'train.divergence_energy', 'eval.')
+                  'train.divergence_gap', 'train.divergence_energy', 'eval.',
+                  'data.data_dir', 'data.download')
 
 
 def _step_dir(manager: ocp.CheckpointManager, step: int) -> str:

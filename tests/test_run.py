@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bibound_jax import config_lib
+from configs import common
 from configs import toy
 from experiments import run
 
@@ -63,7 +64,7 @@ def test_toy_config_argument_presets():
   cfg = toy.get_config('swiss_roll,r1')
   assert cfg.data.name == 'swiss_roll' and (cfg.bounds.lower, cfg.bounds.upper) == ('sv', 'r1')
   assert toy.get_config('wgan_gp').bounds.lower == 'none'
-  with pytest.raises(ValueError, match='bound presets: sv\\+gp, none, r1, wgan_gp, mi\\+diff'):
+  with pytest.raises(ValueError, match='bound presets: sv\\+gp, mi\\+diff, none, r1, wgan_gp'):
     toy.get_config('sv+diffusion')
 
 
@@ -101,9 +102,7 @@ def test_checkpoint_restore_and_resume_match_an_uninterrupted_run(tmp_path):
 @pytest.mark.parametrize('preset', ['sv+gp', 'mi+diff'])
 def test_evaluation_writes_figures_json_and_arrays(tmp_path, preset):
   cfg = small_config(num_steps=10)
-  cfg.bounds.lower, cfg.bounds.upper = toy.PRESETS[preset]
-  if preset == 'mi+diff':
-    cfg.model.energy.name = 'time_mlp'
+  assert common.apply_preset(cfg, preset)
   cfg.eval.grid_spacing = 0.01
   run.train_and_evaluate(cfg, str(tmp_path))
   out = tmp_path / 'eval'

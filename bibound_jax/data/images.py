@@ -21,6 +21,8 @@
 
 Datasets (`DATASETS`; the name is the TFDS name):
   cifar10                     32x32, labels; splits train / test.
+  cifar100                    32x32, labels ('label', the 100 fine classes); train / test.
+                              An OOD set for CIFAR-10 models (experiments/ood.py).
   svhn_cropped                32x32, labels; splits train / test (/ extra).
   downsampled_imagenet/32x32  32x32, no labels; train / validation. ImageNet32 of the generative
                               modelling literature (van den Oord et al., 2016; Glow, VDM).
@@ -33,6 +35,7 @@ Aliases (`ALIASES`): 'imagenet32' -> 'downsampled_imagenet/32x32'; 'celeba', 'ce
 'celeb_a'. Both ImageNet32 names are registered in TFDS 4.9.10; if the installed TFDS lacks one,
 the other is used with a warning (`FALLBACKS`). Images whose size is not the target (e.g. the
 dynamic-shape `downsampled_imagenet` under mock_data) are center-cropped to a square and resized.
+`image_size` overrides a dataset's output size (e.g. CelebA at 32x32 as an OOD set for CIFAR-10).
 """
 from __future__ import annotations
 
@@ -59,6 +62,7 @@ class ImageDataset:
 
 DATASETS = {
     'cifar10': ImageDataset('cifar10', 32, 'train', 'test', 'label'),
+    'cifar100': ImageDataset('cifar100', 32, 'train', 'test', 'label'),
     'svhn_cropped': ImageDataset('svhn_cropped', 32, 'train', 'test', 'label'),
     'downsampled_imagenet/32x32': ImageDataset('downsampled_imagenet/32x32', 32, 'train',
                                                'validation'),
@@ -145,7 +149,7 @@ def build_tf_dataset(name: str, split: str, batch_size: int, data_dir: str | Non
                      train: bool = True, seed: int = 0, download: bool = False,
                      process_index: int = 0, process_count: int = 1, *,
                      drop_remainder: bool | None = None, shuffle_buffer: int = 10_000,
-                     prefetch: int = 2):
+                     prefetch: int = 2, image_size: int | None = None):
   """The tf.data pipeline behind `build_dataset` (same arguments)."""
   import tensorflow as tf
   import tensorflow_datasets as tfds
@@ -155,6 +159,8 @@ def build_tf_dataset(name: str, split: str, batch_size: int, data_dir: str | Non
   if batch_size < 1:
     raise ValueError(f'batch_size must be positive, got {batch_size}.')
   spec = resolve(name)
+  if image_size is not None:
+    spec = dataclasses.replace(spec, image_size=int(image_size))
   builder = _builder(spec, data_dir, download)
   if process_count > 1:
     split = tfds.split_for_jax_process(split, process_index=process_index,
@@ -193,7 +199,7 @@ def build_dataset(name: str, split: str, batch_size: int, data_dir: str | None =
                   train: bool = True, seed: int = 0, download: bool = False,
                   process_index: int = 0, process_count: int = 1, *,
                   drop_remainder: bool | None = None, shuffle_buffer: int = 10_000,
-                  prefetch: int = 2) -> Iterator[dict]:
+                  prefetch: int = 2, image_size: int | None = None) -> Iterator[dict]:
   """Iterator of NumPy batches {'image': float32 (B, H, W, 3) in [-1, 1], 'label': int32 (B,)}.
 
   Args:
@@ -208,11 +214,13 @@ def build_dataset(name: str, split: str, batch_size: int, data_dir: str | None =
     drop_remainder: drop the last partial batch (default: True when training, else False).
     shuffle_buffer: examples in the shuffle buffer (training).
     prefetch: batches prefetched by tf.data.
+    image_size: output height = width (default: the dataset's, `resolve(name).image_size`).
 
   'label' is present only for datasets with labels (not celeb_a or downsampled_imagenet).
   """
   import tensorflow_datasets as tfds
   ds = build_tf_dataset(name, split, batch_size, data_dir, train, seed, download, process_index,
                         process_count, drop_remainder=drop_remainder,
-                        shuffle_buffer=shuffle_buffer, prefetch=prefetch)
+                        shuffle_buffer=shuffle_buffer, prefetch=prefetch,
+                        image_size=image_size)
   return iter(tfds.as_numpy(ds))
