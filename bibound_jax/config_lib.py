@@ -52,6 +52,8 @@ def validate_config(config, datasets: Iterable[str], extra_positive: Iterable[st
   _choice(config, 'bounds.estimator', entropy.ESTIMATORS)
   _choice(config, 'bounds.gp_weight_schedule', ('constant', 'decay'))
   _choice(config, 'train.nonfinite', ('stop', 'skip'))
+  if 'jacobian_bn' in config.bounds:
+    _choice(config, 'bounds.jacobian_bn', ('batch', 'running'))
   _choice(config, 'bounds.mi_estimator', mutual_info.MI_KINDS)
   if config.bounds.upper == 'diff' and config.model.energy.name not in models.TIME_ENERGIES:
     raise ConfigError(

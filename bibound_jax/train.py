@@ -18,9 +18,14 @@ step as a third TrainState (bounds/mutual_info.py); 'gp' = gradient penalty (bou
 gradient_penalty.py); 'diff' = denoising score matching along a VP SDE with a time-conditioned
 energy (bounds/diffusion.py). The paper's two headline pairs are sv+gp and mi+diff.
 
-Jacobian terms use the generator with BatchNorm in inference mode (running statistics), as the
-authors do; samples for the energies use batch statistics, and only the generator update writes
-new running statistics.
+Jacobian terms (entropy, GP score) differentiate the map that made the samples: BatchNorm
+normalises with the statistics of the current batch, as functions of the parameters
+(`bounds.jacobian_bn = 'batch'`, `batch_generator_fn`). The authors (and DESIGN.md section 2)
+use the running statistics ('running'): those are constants in the parameters, so a
+Linear -> BatchNorm block is no longer scale invariant in the Jacobian while it is in the
+samples, and the entropy gradient inflates the weights before each BatchNorm (log s_1 rises by
+log c when a kernel is scaled by c) without changing any sample. Only the generator update
+writes new running statistics; evaluation uses them.
 """
 from __future__ import annotations
 
@@ -118,6 +123,42 @@ def inference_generator_fn(gen: TrainState) -> Callable:
   return fn
 
 
+def batch_statistics(gen: TrainState, params, z: jax.Array):
+  """The BatchNorm statistics s(params) of the batch z, differentiable in `params`.
+
+  A running average r <- m r + (1 - m) s is linear in r: from r = 0 it gives r0 = (1 - m) s,
+  from r0 it gives r1 = (1 - m^2) s, so s = r0^2 / (2 r0 - r1) whatever the momentum m
+  (0 where s = 0)."""
+  def update(stats):
+    return generate(gen.replace(params=params, batch_stats=stats), z, train=True)[1]
+  r0 = update(jax.tree.map(jnp.zeros_like, gen.batch_stats))
+  r1 = update(r0)
+  return jax.tree.map(lambda a, b: a * a / jnp.where(2 * a == b, 1.0, 2 * a - b), r0, r1)
+
+
+def batch_generator_fn(gen: TrainState, z_batch: jax.Array) -> Callable:
+  """fn(params, z) -> x for ONE latent z (d,): the training-mode generator of the batch z_batch.
+
+  BatchNorm normalises with the statistics of z_batch under `params` (differentiable in the
+  parameters, held fixed in z: the O(1/B) cross-sample terms of the Jacobian are dropped).
+  Without BatchNorm this is `inference_generator_fn`."""
+  if gen.batch_stats is None:
+    return inference_generator_fn(gen)
+  z_batch = sg(z_batch)
+
+  def fn(params, z):
+    stats = batch_statistics(gen, params, z_batch)   # independent of z: computed once under vmap
+    return gen.apply_fn(_variables(params, stats), z[None], train=False)[0]
+  return fn
+
+
+def jacobian_generator_fn(gen: TrainState, z_batch: jax.Array, bounds_config) -> Callable:
+  """The per-sample generator whose Jacobian the bounds use (`bounds.jacobian_bn`)."""
+  if bounds_config.get('jacobian_bn', 'batch') == 'running':
+    return inference_generator_fn(gen)
+  return batch_generator_fn(gen, z_batch)
+
+
 def generate(gen: TrainState, z: jax.Array, train: bool = True):
   """G(z) for a batch; in training mode also the updated BatchNorm statistics."""
   if gen.batch_stats is None or not train:
@@ -191,7 +232,7 @@ def energy_loss(e_params, state: BiboundState, x_data, z, key, config):
   aux = {'energy_real': jnp.mean(e_real), 'energy_fake': jnp.mean(e_fake)}
   if upper == 'gp':
     gen = state.generator
-    gen_fn = inference_generator_fn(gen)
+    gen_fn = jacobian_generator_fn(gen, z, bcfg)
     z = sv_latents(z, bcfg)
     if bcfg.estimator == 'exact_logdet':
       vectors = None
@@ -277,7 +318,7 @@ def generator_loss(g_params, state: BiboundState, z, key, config):
     # With 'jsd' this is an estimate, not a bound (DESIGN.md section 3).
     aux.update({'entropy': sg(h_lo), 'mi/value': mi_aux['mi'], 'mi/sigma': sg(sigma)})
   if lower == 'sv':
-    est = entropy.batched_log_volume(make_estimator(bcfg), inference_generator_fn(gen),
+    est = entropy.batched_log_volume(make_estimator(bcfg), jacobian_generator_fn(gen, z, bcfg),
                                      g_params, sv_latents(z, bcfg), key)
     log_vol = jnp.mean(est.value)
     loss = loss - bcfg.lambda_h * log_vol

@@ -32,6 +32,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Latents of the batch used for the Jacobian terms (entropy and GP): every (B / sv_batch)-th;
   # 0 = all. Unbiased for both means at a fraction of the cost (train.sv_latents).
   config.bounds.sv_batch = 0
+  # BatchNorm statistics inside the Jacobian terms: 'batch' (those of the batch that made the
+  # samples, as functions of the parameters) or 'running' (the authors' running averages;
+  # they let the entropy gradient inflate the weights before each BatchNorm: train.py).
+  config.bounds.jacobian_bn = 'batch'
   # 'constant': w = gp_weight (DESIGN.md: 1e-3, margin zeta in [0, 1]); 'decay': the authors'
   # toy schedule w = 0.7 (2307 + t)^-0.55 (1e-2 -> 1e-3 over 150k iterations).
   config.bounds.gp_weight_schedule = 'constant'

@@ -6,7 +6,7 @@
 
 The optional argument is a comma-separated list of:
   cpu      a CPU-sized variant: half-width FC networks, the Jacobian terms on 16 of the 64
-           latents of a batch (bounds.sv_batch), 6,000 iterations and an evaluation of 10,000
+           latents of a batch (bounds.sv_batch), 4,000 iterations and an evaluation of 10,000
            samples every 1,000 iterations that shows the mode coverage growing
   cnn      the DCGAN-style pair (5x5 stride-2 convs) instead of the FC pair
   sv+gp (default), mi+diff, none, r1, wgan_gp   the bound pairing (configs/common.py)
@@ -68,7 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.energy.hidden = (1000, 500, 250, 250)
         config.model.generator.hidden = (250, 500, 1000)
         config.bounds.sv_batch = 16     # Jacobian terms on 16 of the 64 latents (unbiased)
-        config.train.num_steps = 6_000
+        config.train.num_steps = 4_000
         config.train.log_every = 100
         config.train.eval_every = 1_000
         config.train.checkpoint_every = 1_000

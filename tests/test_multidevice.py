@@ -29,7 +29,7 @@ def _run(args, devices, timeout=600):
   assert proc.returncode == 0, proc.stderr[-4000:]
 
 
-def _assert_close(a, b):
+def _assert_close(a, b, atol=3e-4):
   """Equal up to float32 rounding amplified over a few steps. The reduction order differs with
   the device count, and the entropy gradient (through 1/s of small singular values of J) blows
   such rounding up about tenfold per step at this initialisation: two steps keep it near
@@ -38,7 +38,7 @@ def _assert_close(a, b):
   1e-2 in these configs."""
   assert a.keys() == b.keys()
   for k in a:
-    np.testing.assert_allclose(a[k], b[k], rtol=1e-3, atol=3e-4, err_msg=k)
+    np.testing.assert_allclose(a[k], b[k], rtol=1e-3, atol=atol, err_msg=k)
 
 
 def test_four_devices_give_the_parameters_of_one_device(tmp_path):
@@ -78,10 +78,12 @@ def _free_port():
 
 
 def test_two_processes_match_one_process(tmp_path):
+  """One step, so the tolerance can be float32 rounding (measured: 2.8e-6); after two steps the
+  entropy gradient has amplified it to ~5e-4 (see _assert_close)."""
   address = f'localhost:{_free_port()}'
   procs = [subprocess.Popen(
       [sys.executable, WORKER, 'train', str(tmp_path / 'w'), str(tmp_path / f'p{i}.npz'),
-       address, '2', str(i)], cwd=REPO, env=_env(2, steps=2), stdout=subprocess.PIPE,
+       address, '2', str(i)], cwd=REPO, env=_env(2, steps=1), stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True) for i in range(2)]
   for p in procs:
     _, err = p.communicate(timeout=600)
@@ -89,8 +91,8 @@ def test_two_processes_match_one_process(tmp_path):
   p0, p1 = (dict(np.load(tmp_path / f'p{i}.npz')) for i in range(2))
   for k in p0:
     np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)
-  single = run.train_and_evaluate(worker.small_config(2), str(tmp_path / 'single'))
-  _assert_close(p0, worker.flat_params(single))
+  single = run.train_and_evaluate(worker.small_config(1), str(tmp_path / 'single'))
+  _assert_close(p0, worker.flat_params(single), atol=2e-5)
   # Only process 0 wrote metrics and figures.
   assert os.path.exists(tmp_path / 'w' / 'eval' / 'samples.png')
 

@@ -134,3 +134,31 @@ def test_energy_learns_to_separate_data_within_a_few_hundred_steps():
     state, metrics = step(state, sample(jax.random.key(i)), jax.random.key(7))
   assert float(metrics['energy_real']) < float(metrics['energy_fake'])
   assert abs(float(metrics['energy_real'])) < 100 and abs(float(metrics['energy_fake'])) < 100
+
+
+def test_jacobian_generator_uses_the_batch_statistics_and_is_scale_invariant():
+  """With BatchNorm, the Jacobian terms must see the map that made the samples: per-sample
+  outputs equal the training-mode batch, and scaling a kernel and bias before a BatchNorm
+  (which changes no sample) leaves the log-volume unchanged. With the running statistics it
+  rises by about d log c: the entropy gradient would inflate the weights."""
+  from bibound_jax.bounds import entropy
+  cfg = toy.get_config()
+  energy, gen = models.create_models(cfg.model, cfg.data.shape)
+  state = train.create_state(cfg, energy, gen, jax.random.key(0), cfg.data.shape)
+  z = jax.random.normal(jax.random.key(1), (200, 2))
+  g = state.generator
+  x_batch, _ = train.generate(g, z, train=True)
+  fn = train.batch_generator_fn(g, z)
+  np.testing.assert_allclose(jax.vmap(lambda zi: fn(g.params, zi))(z), x_batch, atol=1e-4)
+
+  def log_volume(params, fn_of):
+    gs = g.replace(params=params)
+    return float(jnp.mean(entropy.batched_log_volume(
+        entropy.exact_logdet, fn_of(gs), params, z, jax.random.key(2)).value))
+  scaled = jax.tree.map(lambda p: p, g.params)
+  scaled['Dense_1'] = jax.tree.map(lambda p: 3.0 * p, g.params['Dense_1'])
+  batch_fn = lambda gs: train.batch_generator_fn(gs, z)
+  assert log_volume(scaled, batch_fn) == pytest.approx(log_volume(g.params, batch_fn), abs=1e-3)
+  running = log_volume(scaled, train.inference_generator_fn) - log_volume(
+      g.params, train.inference_generator_fn)
+  assert running > 1.0   # d log 3 = 2.2 in the linear regime
