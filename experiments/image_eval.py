@@ -32,7 +32,6 @@ metrics_<step>.json, history.json, history.png (evaluation metrics over training
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import queue
@@ -52,9 +51,9 @@ from bibound_jax.metrics import fid
 from bibound_jax.metrics import inception_weights
 from bibound_jax.metrics import ood
 from bibound_jax.metrics import prd
+from experiments import history as history_lib
 from experiments import plotting
 
-HISTORY = 'history.json'
 DATASETS = tuple(images.DATASETS) + tuple(images.ALIASES)
 POSITIVE_KEYS = ('eval.batch_size', 'eval.grid_samples', 'eval.energy_samples',
                  'eval.prd_runs')
@@ -164,37 +163,6 @@ def make_data_fn(config, mesh=None, start_step: int = 0) -> Prefetch:
     x = next(stream)['image'].reshape((n_critic, local) + spec.shape)
     return sharding.global_batch(x, mesh)
   return Prefetch(produce, start_step)
-
-
-# ----------------------------------------------------------------------------- history
-
-def _eval_dir(workdir: str) -> str:
-  path = os.path.join(workdir, 'eval')
-  os.makedirs(path, exist_ok=True)
-  return path
-
-
-def load_history(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, 'eval', HISTORY)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return json.load(f)
-
-
-def truncate_history(workdir: str, max_step: int) -> None:
-  """Forget evaluations after `max_step` (after a resume from an earlier checkpoint)."""
-  history = [h for h in load_history(workdir) if h['step'] <= max_step]
-  if os.path.isdir(os.path.join(workdir, 'eval')):
-    with open(os.path.join(workdir, 'eval', HISTORY), 'w') as f:
-      json.dump(history, f, indent=1)
-
-
-def _read_jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 # ----------------------------------------------------------------------------- evaluator
@@ -358,7 +326,7 @@ class ImageEvaluator:
     if jax.process_index() != 0:
       return {}
     m, grid = self.compute(state)
-    out = _eval_dir(workdir)
+    out = history_lib.eval_dir(workdir)
     name = self.config.data.name
     title = f'{name}, iteration {step}'
     if 'fid' in m:
@@ -368,14 +336,10 @@ class ImageEvaluator:
     if not os.path.exists(os.path.join(out, 'real.png')):
       plotting.save_image_grid(os.path.join(out, 'real.png'),
                                self.test_images()[:len(grid)], title=f'{name} test images')
-    with open(os.path.join(out, f'metrics_{step}.json'), 'w') as f:
-      json.dump(dict(step=step, **m), f, indent=1)
-    history = [h for h in load_history(workdir) if h['step'] < step] + [dict(step=step, **m)]
-    with open(os.path.join(out, HISTORY), 'w') as f:
-      json.dump(history, f, indent=1)
+    history = history_lib.record(workdir, step, m)
     plotting.plot_history(history, HISTORY_KEYS, os.path.join(out, 'history.png'),
                           title=f'{name}: evaluation')
-    plotting.plot_history(_read_jsonl(metrics_path), TRAIN_KEYS,
+    plotting.plot_history(history_lib.read_jsonl(metrics_path), TRAIN_KEYS,
                           os.path.join(out, 'bounds.png'), title=f'{name}: training batches')
     return m
 

@@ -18,7 +18,6 @@ history.json and modes.png (modes and KL over training).
 from __future__ import annotations
 
 import functools
-import json
 import os
 
 from absl import logging
@@ -31,12 +30,12 @@ from bibound_jax import train
 from bibound_jax.data import mnist as mnist_data
 from bibound_jax.metrics import mnist_classifier
 from bibound_jax.metrics import modes as mode_metrics
+from experiments import history as history_lib
 from experiments import plotting
 
 DATASETS = ('stackedmnist',)
 POSITIVE_KEYS = ('eval.batch_size', 'eval.num_data', 'eval.grid_samples',
                  'eval.classifier_steps')
-HISTORY = 'history.json'
 
 
 def _data_dir(config) -> str | None:
@@ -76,28 +75,6 @@ def make_data_fn(config, mesh=None, start_step: int = 0):
     x, _ = stacked_batch(digits, jax.random.fold_in(data_key, step), n_critic * batch)
     return x.reshape(n_critic, batch, 28, 28, 3)
   return lambda step: batch_at_(digits, step)
-
-
-def _eval_dir(workdir: str) -> str:
-  path = os.path.join(workdir, 'eval')
-  os.makedirs(path, exist_ok=True)
-  return path
-
-
-def load_history(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, 'eval', HISTORY)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return json.load(f)
-
-
-def truncate_history(workdir: str, max_step: int) -> None:
-  """Drop evaluation records after `max_step` (the restored checkpoint does not hold them)."""
-  history = load_history(workdir)
-  if history:
-    with open(os.path.join(_eval_dir(workdir), HISTORY), 'w') as f:
-      json.dump([h for h in history if h['step'] <= max_step], f, indent=1)
 
 
 class Evaluator:
@@ -174,12 +151,8 @@ class Evaluator:
                  step, m['modes'], m['kl'], m['data_modes'], m['data_kl'])
     if jax.process_index() != 0:
       return m
-    out = _eval_dir(workdir)
-    with open(os.path.join(out, f'metrics_{step}.json'), 'w') as f:
-      json.dump(dict(step=step, **m), f, indent=1)
-    history = [h for h in load_history(workdir) if h['step'] < step] + [dict(step=step, **m)]
-    with open(os.path.join(out, HISTORY), 'w') as f:
-      json.dump(history, f, indent=1)
+    out = history_lib.eval_dir(workdir)
+    history = history_lib.record(workdir, step, m)
     k = self.config.eval.grid_samples
     title = f'iteration {step}: {m["modes"]}/1000 modes, KL {m["kl"]:.3f}'
     for name in (f'samples_{step}.png', 'samples.png'):

@@ -34,6 +34,7 @@ from bibound_jax import config_lib
 from bibound_jax import models
 from bibound_jax import sharding
 from bibound_jax import train
+from experiments import history
 from experiments import tasks
 
 
@@ -258,7 +259,7 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
     state, rng = restored
     logging.info('Resumed from %s at step %d.', manager.directory, int(state.step))
     _truncate_jsonl(metrics_path, int(state.step))
-    task.truncate_history(workdir, int(state.step))
+    history.truncate(workdir, int(state.step))
   else:
     writer.write_hparams({k: str(v) for k, v in _flatten(config.to_dict()).items()})
   start = int(state.step)

@@ -9,8 +9,8 @@ A task is a module with:
                                 consecutive steps from `start_step`;
   Evaluator(config, energy_model, gen_model) with
                                 `evaluate(state, step, workdir, metrics_path) -> dict` writing
-                                its files under workdir/eval and returning scalars;
-  truncate_history(workdir, step)  drops evaluation records after `step` (on resume).
+                                its files under workdir/eval (the record of evaluations through
+                                experiments/history.py) and returning scalars.
 
 Tasks: 'toy' (experiments/toy_eval.py), 'stackedmnist' (experiments/mnist_eval.py), 'image'
 (experiments/image_eval.py). Modules are imported on first use, so a toy run never imports

@@ -17,7 +17,6 @@ sandwich.png, metrics_<step>.json, history.json and toy_eval.npz (`samples` 10,0
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 
@@ -35,8 +34,8 @@ from bibound_jax.bounds import entropy  # noqa: E402
 from bibound_jax.bounds import gradient_penalty  # noqa: E402
 from bibound_jax.data import toy as toy_data  # noqa: E402
 from bibound_jax.metrics import toy as toy_metrics  # noqa: E402
+from experiments import history as history_lib  # noqa: E402
 
-HISTORY = 'history.json'
 DATASETS = tuple(toy_data.DATASETS)
 POSITIVE_KEYS = ('eval.grid_spacing', 'eval.gp_samples')
 
@@ -55,28 +54,6 @@ def make_data_fn(config, mesh=None, start_step: int = 0):
     key = jax.random.fold_in(data_key, step)
     return toy_data.sample(name, key, n_critic * batch).reshape(n_critic, batch, -1)
   return batch_at
-
-
-def _eval_dir(workdir: str) -> str:
-  path = os.path.join(workdir, 'eval')
-  os.makedirs(path, exist_ok=True)
-  return path
-
-
-def load_history(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, 'eval', HISTORY)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return json.load(f)
-
-
-def truncate_history(workdir: str, max_step: int) -> None:
-  """Forget evaluations after `max_step` (after a resume from an earlier checkpoint)."""
-  history = [h for h in load_history(workdir) if h['step'] <= max_step]
-  if os.path.isdir(os.path.join(workdir, 'eval')):
-    with open(os.path.join(workdir, 'eval', HISTORY), 'w') as f:
-      json.dump(history, f, indent=1)
 
 
 def _chunked(fn, x, chunk=65536):
@@ -180,12 +157,8 @@ class ToyEvaluator:
     m, arrays = self.compute(state)
     if jax.process_index() != 0:
       return m
-    out = _eval_dir(workdir)
-    with open(os.path.join(out, f'metrics_{step}.json'), 'w') as f:
-      json.dump(dict(step=step, **m), f, indent=1)
-    history = [h for h in load_history(workdir) if h['step'] < step] + [dict(step=step, **m)]
-    with open(os.path.join(out, HISTORY), 'w') as f:
-      json.dump(history, f, indent=1)
+    out = history_lib.eval_dir(workdir)
+    history = history_lib.record(workdir, step, m)
     np.savez_compressed(os.path.join(out, 'toy_eval.npz'), **arrays)
     plot_samples(arrays, self.x_data, self.n_axis, self.half_width, m, step,
                  os.path.join(out, f'samples_{step}.png'), self.name)
@@ -236,16 +209,9 @@ def plot_samples(arrays, x_data, n_axis, half_width, m, step, path, name) -> Non
   plt.close(fig)
 
 
-def _read_jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def plot_bound_terms(metrics_path: str, path: str) -> None:
   """Training-time bound terms: lower bound, upper-bound term, gap, energies."""
-  records = _read_jsonl(metrics_path)
+  records = history_lib.read_jsonl(metrics_path)
   if not records:
     return
   steps = [r['step'] for r in records]
