@@ -216,3 +216,34 @@ def test_time_mlp_energy_at_t0_is_the_ebm():
   emb = TimeEmbedding(features=16, freq_dim=8)
   out = emb.apply(jax.jit(emb.init)(jax.random.key(1), jnp.zeros(3)), jnp.zeros(3))
   assert out.shape == (3, 16)
+
+
+def test_spectrally_normalised_time_mlp_bounds_its_slope_at_every_t():
+  """With spectral_norm (the toy energies' setting) ||grad_x E(., t)|| <= |scale| 2^L at every
+  t however large the weights grow (L = 2 hidden layers, PReLU slopes <= 1). Without it the
+  toy mi+diff energy grew its weights until E(fake) - E(real) reached 1e13."""
+  x = jnp.asarray(np.random.default_rng(8).standard_normal((256, 2)), jnp.float32) * 2.0
+  bounded = TimeMLPEnergy(spectral_norm=True)
+  params = jax.jit(bounded.init)(jax.random.key(0), x[:1])['params']
+  inflate = lambda p: jax.tree_util.tree_map_with_path(
+      lambda path, a: 30.0 * a if 'kernel' in jax.tree_util.keystr(path) else a, p)
+
+  @jax.jit
+  def max_slope(params, t):
+    grads = jax.grad(lambda xx: jnp.sum(bounded.apply({'params': params}, xx, t)))(x)
+    return jnp.max(jnp.linalg.norm(grads, axis=-1))
+
+  for t in (0.0, 1e-3, 0.3, 1.0):
+    assert float(max_slope(inflate(params), t)) <= 4.0 * 1.02
+  free = TimeMLPEnergy()
+  free_params = inflate(_init_time_mlp(jax.random.key(0), x[:1])['params'])
+  grads = jax.grad(lambda xx: jnp.sum(free.apply({'params': free_params}, xx)))(x)
+  assert float(jnp.max(jnp.linalg.norm(grads, axis=-1))) > 100.0
+
+
+def test_toy_time_energy_keeps_the_toy_spectral_norm():
+  from bibound_jax import models
+  from configs import toy
+  cfg = toy.get_config('mi+diff')
+  energy, _ = models.create_models(cfg.model, cfg.data.shape)
+  assert isinstance(energy, TimeMLPEnergy) and energy.spectral_norm

@@ -37,7 +37,8 @@ def create_models(model_config, data_shape):
     energy = MLPEnergy(hidden=tuple(e_cfg.hidden),
                        spectral_norm=e_cfg.get('spectral_norm', False))
   elif e_cfg.name == 'time_mlp':
-    energy = TimeMLPEnergy(hidden=tuple(e_cfg.hidden))
+    energy = TimeMLPEnergy(hidden=tuple(e_cfg.hidden),
+                           spectral_norm=e_cfg.get('spectral_norm', False))
   else:
     raise ValueError(f'Energy {e_cfg.name!r} is for images; 2-D data needs mlp or time_mlp.')
   if g_cfg.name != 'mlp':

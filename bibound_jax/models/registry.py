@@ -78,10 +78,9 @@ def create_image_energy(cfg, data_shape: Sequence[int]):
   if name == 'mlp':
     hidden = tuple(_get(cfg, 'hidden', fc.FC_ENERGY_HIDDEN))
     if timed:
-      if sn['spectral_norm']:
-        raise ValueError('The time-conditioned mlp energy has no spectral_norm option.')
       return TimeMLPEnergy(hidden=hidden, time_features=int(_get(cfg, 'time_features', 64)),
-                           time_scale=time_kw['time_scale'])
+                           time_scale=time_kw['time_scale'],
+                           spectral_norm=sn['spectral_norm'])
     return fc.fc_energy(hidden, spectral_norm=sn['spectral_norm'])
   if name == 'dcgan':
     width = int(_get(cfg, 'width', 64))

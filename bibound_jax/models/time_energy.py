@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from bibound_jax.bounds.diffusion import sinusoidal_embedding
 from bibound_jax.models.toy import PRELU_INIT
+from bibound_jax.models.toy import SNDense
 
 
 def _times(t, x):
@@ -45,20 +46,27 @@ class TimeMLPEnergy(nn.Module):
   activation pattern, and their DSM gradient is zero almost everywhere; gamma_l(t) rescales
   grad_x E smoothly. At a fixed t, gamma and beta are constants absorbed by the Dense layer, so
   E(., 0) spans the same family as `bibound_jax.models.toy.MLPEnergy`. Learnable scalar output
-  scale (init 1).
+  scale (init 1). With `spectral_norm` the x-path layers are spectrally normalised (as in
+  MLPEnergy) and the time modulation is bounded, 1 + gamma in (0, 2) (gamma = tanh of a linear
+  map), so ||grad_x E(., t)|| <= |scale| 2^L (times the PReLU slopes) at every t: the energy
+  grows its slope through the scalar and the slopes, not by inflating every weight.
   """
   hidden: Sequence[int] = (100, 100)
   time_features: int = 64
   freq_dim: int = 32
   time_scale: float = 1000.0
+  spectral_norm: bool = False
 
   @nn.compact
   def __call__(self, x, t=None):
     h = jnp.reshape(x, (x.shape[0], -1))
     temb = TimeEmbedding(self.time_features, self.freq_dim, self.time_scale)(_times(t, x))
+    dense = SNDense if self.spectral_norm else nn.Dense
     for width in self.hidden:
       gamma, beta = jnp.split(nn.Dense(2 * width)(temb), 2, axis=-1)
-      h = nn.Dense(width)(h) * (1.0 + gamma) + beta
+      if self.spectral_norm:
+        gamma = jnp.tanh(gamma)
+      h = dense(width)(h) * (1.0 + gamma) + beta
       h = nn.PReLU(negative_slope_init=PRELU_INIT)(h)
-    out = nn.Dense(1)(h)[:, 0]
+    out = dense(1)(h)[:, 0]
     return self.param('scale', nn.initializers.ones, ()) * out
