@@ -20,6 +20,8 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from benchmarks.networks import NETWORKS
+from benchmarks.networks import get_config
 from bibound_jax import models
 from bibound_jax import train
 
@@ -32,36 +34,17 @@ FLAGS = flags.FLAGS
 # (label, preset, bounds overrides)
 PAIRINGS = [
     ('wgan_gp', 'wgan_gp', {}),
-    ('r1', 'r1', {'estimator': 'exact_logdet'}),
-    ('none (lower only)', 'none', {'estimator': 'exact_logdet'}),
+    ('r1', 'r1', {}),
+    ('none (lower only)', 'none', {}),
     ('sv+gp exact_logdet', 'sv+gp', {'estimator': 'exact_logdet'}),
     ('sv+gp exact_smin', 'sv+gp', {'estimator': 'exact_smin'}),
+    ('sv+gp exact_smin, unshared', 'sv+gp', {'estimator': 'exact_smin', 'share_sv': False}),
     ('sv+gp lobpcg (2 it)', 'sv+gp', {'estimator': 'lobpcg', 'num_iters': 2}),
+    ('sv+gp lobpcg (2 it), unshared', 'sv+gp', {'estimator': 'lobpcg', 'num_iters': 2,
+                                                'share_sv': False}),
     ('sv+gp inverse_cg (5x10)', 'sv+gp', {'estimator': 'inverse_cg', 'num_iters': 5}),
     ('mi+diff (ba)', 'mi+diff', {}),
 ]
-
-
-# network set -> (config module, config argument, description)
-NETWORKS = {
-    'toy': ('toy', '', 'toy networks (E 2-100-100-1, G 2-100-100-2, batch 200)'),
-    'fc': ('stackedmnist', '', 'StackedMNIST FC (E 2352-2000-1000-500-250-250-1, '
-           'G 32-500-1000-2000-2352, batch 64)'),
-    'fc_cpu': ('stackedmnist', 'cpu', 'StackedMNIST FC, CPU variant (E 2352-1000-500-250-250-1, '
-               'G 32-250-500-1000-2352, batch 64)'),
-    'dcgan28': ('stackedmnist', 'cnn', 'StackedMNIST DCGAN-style CNN (d = 32, batch 64)'),
-    'dcgan32': ('cifar10', '', 'CIFAR-10 DCGAN (d = 128, batch 64)'),
-}
-
-
-def get_config(network: str, preset: str):
-  module, arg, _ = NETWORKS[network]
-  import importlib
-  config_module = importlib.import_module(f'configs.{module}')
-  cfg = config_module.get_config(','.join(a for a in (arg, preset) if a))
-  if network == 'dcgan28' and preset == 'mi+diff':
-    cfg.model.energy.name = 'time_mlp'   # no time-conditioned 28x28 CNN energy
-  return cfg
 
 
 def make_runner(network, preset, overrides):

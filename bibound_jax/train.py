@@ -20,7 +20,7 @@ energy (bounds/diffusion.py). The paper's two headline pairs are sv+gp and mi+di
 
 Jacobian terms (entropy, GP score) differentiate the map that made the samples: BatchNorm
 normalises with the statistics of the current batch, as functions of the parameters
-(`bounds.jacobian_bn = 'batch'`, `batch_generator_fn`). The authors (and DESIGN.md section 2)
+(`bounds.jacobian_bn = 'batch'`, `jacobian_variables`). The authors (and DESIGN.md section 2)
 use the running statistics ('running'): those are constants in the parameters, so a
 Linear -> BatchNorm block is no longer scale invariant in the Jacobian while it is in the
 samples, and the entropy gradient inflates the weights before each BatchNorm (log s_1 rises by
@@ -136,27 +136,37 @@ def batch_statistics(gen: TrainState, params, z: jax.Array):
   return jax.tree.map(lambda a, b: a * a / jnp.where(2 * a == b, 1.0, 2 * a - b), r0, r1)
 
 
-def batch_generator_fn(gen: TrainState, z_batch: jax.Array) -> Callable:
-  """fn(params, z) -> x for ONE latent z (d,): the training-mode generator of the batch z_batch.
-
-  BatchNorm normalises with the statistics of z_batch under `params` (differentiable in the
-  parameters, held fixed in z: the O(1/B) cross-sample terms of the Jacobian are dropped).
-  Without BatchNorm this is `inference_generator_fn`."""
-  if gen.batch_stats is None:
-    return inference_generator_fn(gen)
-  z_batch = sg(z_batch)
-
-  def fn(params, z):
-    stats = batch_statistics(gen, params, z_batch)   # independent of z: computed once under vmap
-    return gen.apply_fn(_variables(params, stats), z[None], train=False)[0]
+def per_sample_generator_fn(gen: TrainState) -> Callable:
+  """fn(variables, z) -> x for ONE latent z (d,), BatchNorm normalising with
+  variables['batch_stats'] (inference mode; `variables` = {'params': ...[, 'batch_stats': ...]})."""
+  def fn(variables, z):
+    return gen.apply_fn(variables, z[None], train=False)[0]
   return fn
 
 
-def jacobian_generator_fn(gen: TrainState, z_batch: jax.Array, bounds_config) -> Callable:
-  """The per-sample generator whose Jacobian the bounds use (`bounds.jacobian_bn`)."""
+def jacobian_variables(gen: TrainState, params, z_batch: jax.Array, bounds_config) -> dict:
+  """The variables of the generator whose per-sample Jacobian the bounds use
+  (`per_sample_generator_fn`): `params` and, with BatchNorm, the statistics of the batch z_batch
+  under `params` (`bounds.jacobian_bn = 'batch'`: differentiable in the parameters, held fixed
+  in z, i.e. the O(1/B) cross-sample terms of the Jacobian are dropped) or the running ones
+  ('running').
+
+  Computed once per loss and passed to every Jacobian term of it (estimator, GP), so the two
+  batch forwards of `batch_statistics` are not repeated inside each vmapped Jacobian call."""
+  if gen.batch_stats is None:
+    return {'params': params}
   if bounds_config.get('jacobian_bn', 'batch') == 'running':
-    return inference_generator_fn(gen)
-  return batch_generator_fn(gen, z_batch)
+    return {'params': params, 'batch_stats': gen.batch_stats}
+  return {'params': params, 'batch_stats': batch_statistics(gen, params, sg(z_batch))}
+
+
+def batch_generator_fn(gen: TrainState, z_batch: jax.Array) -> Callable:
+  """fn(params, z) -> x for ONE latent z (d,): the training-mode generator of the batch z_batch
+  (BatchNorm on the batch statistics under `params`; see `jacobian_variables`). Recomputes the
+  statistics at every call: inside a step use `jacobian_variables` once instead."""
+  one = per_sample_generator_fn(gen)
+  bn = {'jacobian_bn': 'batch'}
+  return lambda params, z: one(jacobian_variables(gen, params, z_batch, bn), z)
 
 
 def generate(gen: TrainState, z: jax.Array, train: bool = True):
@@ -232,15 +242,17 @@ def energy_loss(e_params, state: BiboundState, x_data, z, key, config):
   aux = {'energy_real': jnp.mean(e_real), 'energy_fake': jnp.mean(e_fake)}
   if upper == 'gp':
     gen = state.generator
-    gen_fn = jacobian_generator_fn(gen, z, bcfg)
+    gen_fn = per_sample_generator_fn(gen)
+    gen_vars = sg(jacobian_variables(gen, gen.params, z, bcfg))
     z = sv_latents(z, bcfg)
     if bcfg.estimator == 'exact_logdet':
       vectors = None
     else:
-      vectors = entropy.batched_log_volume(make_estimator(bcfg), gen_fn, sg(gen.params), z,
-                                           k_est).vector
+      sv_est = entropy.batched_log_volume(make_estimator(bcfg), gen_fn, gen_vars, z, k_est)
+      vectors = sv_est.vector
+      aux['_sv'] = sg(sv_est)   # for the generator update (shares_sv_work); not a metric
     probes = jax.random.normal(k_probe, z.shape, z.dtype)
-    per_sample, _ = gradient_penalty.gp_fisher(energy_fn, gen_fn, gen.params, z, probes, vectors)
+    per_sample, _ = gradient_penalty.gp_fisher(energy_fn, gen_fn, gen_vars, z, probes, vectors)
     aux['gp'] = jnp.mean(per_sample)
     weight = gradient_penalty.gp_weight(state.step, bcfg.gp_weight,
                                         bcfg.get('gp_weight_schedule', 'constant'))
@@ -296,8 +308,24 @@ def critic_loss(c_params, state: BiboundState, x_noisy, z, config):
   return -mi
 
 
-def generator_loss(g_params, state: BiboundState, z, key, config):
-  """loss_G = mean E(G(z)) - lambda_H * entropy lower bound (SV or MI), and diagnostics."""
+def shares_sv_work(bounds_config) -> bool:
+  """Whether the generator update reuses the energy update's latents and s_1 vectors.
+
+  With sv+gp the last energy update already solved for the s_1 vectors of J(z) at the current
+  generator parameters (for the GP score); the generator update that follows runs at the same
+  parameters, so on the same latents those vectors are exact for it too and its entropy term
+  costs one JVP per sample instead of a second solve. The generator then sees the latents of the
+  last energy update rather than fresh ones (each update stays unbiased). `bounds.share_sv`
+  turns it off; it does not apply to exact_logdet (no vectors) or to other pairings."""
+  return (bounds_config.lower == 'sv' and bounds_config.upper == 'gp'
+          and bounds_config.estimator != 'exact_logdet'
+          and bool(bounds_config.get('share_sv', True)))
+
+
+def generator_loss(g_params, state: BiboundState, z, key, config, sv_previous=None):
+  """loss_G = mean E(G(z)) - lambda_H * entropy lower bound (SV or MI), and diagnostics.
+  sv_previous: the energy update's SV estimate on the same z and generator parameters, whose
+  vectors the SV term then reuses (`shares_sv_work`)."""
   bcfg = config.bounds
   lower, _ = bound_names(bcfg)
   gen = state.generator.replace(params=g_params)
@@ -318,8 +346,12 @@ def generator_loss(g_params, state: BiboundState, z, key, config):
     # With 'jsd' this is an estimate, not a bound (DESIGN.md section 3).
     aux.update({'entropy': sg(h_lo), 'mi/value': mi_aux['mi'], 'mi/sigma': sg(sigma)})
   if lower == 'sv':
-    est = entropy.batched_log_volume(make_estimator(bcfg), jacobian_generator_fn(gen, z, bcfg),
-                                     g_params, sv_latents(z, bcfg), key)
+    gen_fn, gen_vars = per_sample_generator_fn(gen), jacobian_variables(gen, g_params, z, bcfg)
+    if sv_previous is None:
+      est = entropy.batched_log_volume(make_estimator(bcfg), gen_fn, gen_vars,
+                                       sv_latents(z, bcfg), key)
+    else:
+      est = entropy.batched_reuse_vectors(gen_fn, gen_vars, sv_latents(z, bcfg), sv_previous)
     log_vol = jnp.mean(est.value)
     loss = loss - bcfg.lambda_h * log_vol
     aux.update({
@@ -350,6 +382,7 @@ def train_step(state: BiboundState, batch: jax.Array, rng: jax.Array, *, config,
   n_critic, batch_size = batch.shape[0], batch.shape[1]
   latent_dim = config.model.generator.latent_dim
   k_energy, k_gen = jax.random.split(jax.random.fold_in(rng, state.step))
+  share_sv = shares_sv_work(config.bounds)
 
   def latents(key):
     z = jax.random.normal(key, (batch_size, latent_dim), jnp.float32)
@@ -365,6 +398,8 @@ def train_step(state: BiboundState, batch: jax.Array, rng: jax.Array, *, config,
     (loss, aux), grads = jax.value_and_grad(energy_loss, has_aux=True)(
         st.energy.params, st, x_data, z, k_loss, config)
     finite = all_finite(loss, aux, grads)
+    if share_sv:
+      aux['_z'] = z
     aux = dict(aux, loss_energy=loss, grad_norm_energy=_global_norm(grads),
                finite_energy=finite)
     energy = _keep_if_finite(st.energy.apply_gradients(grads=grads), st.energy, finite, skip)
@@ -374,9 +409,10 @@ def train_step(state: BiboundState, batch: jax.Array, rng: jax.Array, *, config,
                               (batch, jax.random.split(k_energy, n_critic)))
   e_finite = jnp.all(e_aux.pop('finite_energy'))
   e_aux = jax.tree.map(lambda a: a[-1], e_aux)
+  sv_previous, z_previous = e_aux.pop('_sv', None), e_aux.pop('_z', None)
 
   k_z, k_loss = jax.random.split(k_gen)
-  z = latents(k_z)
+  z = z_previous if share_sv else latents(k_z)
   c_metrics = {}
   if state.critic is not None:
     # One critic/encoder step on this iteration's samples, then G with the updated critic fixed.
@@ -390,7 +426,7 @@ def train_step(state: BiboundState, batch: jax.Array, rng: jax.Array, *, config,
     c_metrics = {'loss_critic': c_loss, 'grad_norm_critic': _global_norm(c_grads)}
     e_finite = jnp.logical_and(e_finite, c_finite)
   (g_loss, g_aux), g_grads = jax.value_and_grad(generator_loss, has_aux=True)(
-      state.generator.params, state, z, k_loss, config)
+      state.generator.params, state, z, k_loss, config, sv_previous if share_sv else None)
   new_stats = g_aux.pop('new_batch_stats')
   g_finite = all_finite(g_loss, g_aux, g_grads, new_stats)
   generator = _keep_if_finite(

@@ -36,6 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
   # samples, as functions of the parameters) or 'running' (the authors' running averages;
   # they let the entropy gradient inflate the weights before each BatchNorm: train.py).
   config.bounds.jacobian_bn = 'batch'
+  # sv+gp: the generator update reuses the latents and s_1 vectors the energy update solved for
+  # at the same generator parameters (exact; one JVP per sample instead of a second solve).
+  config.bounds.share_sv = True
   # 'constant': w = gp_weight (DESIGN.md: 1e-3, margin zeta in [0, 1]); 'decay': the authors'
   # toy schedule w = 0.7 (2307 + t)^-0.55 (1e-2 -> 1e-3 over 150k iterations).
   config.bounds.gp_weight_schedule = 'constant'

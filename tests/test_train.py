@@ -162,3 +162,66 @@ def test_jacobian_generator_uses_the_batch_statistics_and_is_scale_invariant():
   running = log_volume(scaled, train.inference_generator_fn) - log_volume(
       g.params, train.inference_generator_fn)
   assert running > 1.0   # d log 3 = 2.2 in the linear regime
+
+
+def test_jacobian_variables_computed_once_give_the_same_values_and_gradients():
+  """The train step computes the batch statistics once per loss (`jacobian_variables`) and
+  passes them to every Jacobian term; the value and the parameter gradient (which flows through
+  the statistics) must equal those of recomputing them inside each per-sample call."""
+  from bibound_jax.bounds import entropy
+  cfg = toy.get_config()
+  energy, gen = models.create_models(cfg.model, cfg.data.shape)
+  state = train.create_state(cfg, energy, gen, jax.random.key(0), cfg.data.shape)
+  g = state.generator
+  z = jax.random.normal(jax.random.key(1), (64, 2))
+  key = jax.random.key(2)
+
+  def once(params):
+    variables = train.jacobian_variables(g, params, z, cfg.bounds)
+    return jnp.mean(entropy.batched_log_volume(
+        entropy.exact_smin, train.per_sample_generator_fn(g), variables, z, key).value)
+
+  def per_call(params):
+    return jnp.mean(entropy.batched_log_volume(
+        entropy.exact_smin, train.batch_generator_fn(g, z), params, z, key).value)
+
+  v1, g1 = jax.value_and_grad(once)(g.params)
+  v2, g2 = jax.value_and_grad(per_call)(g.params)
+  assert float(v1) == pytest.approx(float(v2), rel=1e-5)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # The statistics carry gradient: holding them fixed changes the parameter gradient.
+  stats = jax.lax.stop_gradient(train.batch_statistics(g, g.params, z))
+  g3 = jax.grad(lambda p: jnp.mean(entropy.batched_log_volume(
+      entropy.exact_smin, train.per_sample_generator_fn(g), {'params': p, 'batch_stats': stats},
+      z, key).value))(g.params)
+  assert max(float(jnp.max(jnp.abs(a - b))) for a, b in
+             zip(jax.tree.leaves(g1), jax.tree.leaves(g3))) > 1e-3
+
+
+@pytest.mark.parametrize('estimator', ['exact_smin', 'lobpcg'])
+def test_generator_update_reusing_the_energy_update_vectors_is_exact(estimator):
+  """sv+gp: the energy update solves for the s_1 vectors at the current generator parameters;
+  the generator update on the same latents reuses them (`shares_sv_work`). Its loss and
+  gradient must equal those of solving again (exact_smin; lobpcg with the same key)."""
+  cfg, state = _setup('sv+gp', estimator=estimator, sv_batch=16, num_iters=3)
+  assert train.shares_sv_work(cfg.bounds)
+  z = jax.random.normal(jax.random.key(3), (cfg.train.batch_size, 2))
+  x = jax.random.normal(jax.random.key(4), (cfg.train.batch_size, 2))
+  key = jax.random.key(5)
+  k_est = jax.random.split(key, 3)[1]   # the estimator key inside energy_loss
+  _, aux = train.energy_loss(state.energy.params, state, x, z, key, cfg)
+  grad = jax.value_and_grad(train.generator_loss, has_aux=True)
+  (fresh, f_aux), f_grads = grad(state.generator.params, state, z, k_est, cfg)
+  (reused, r_aux), r_grads = grad(state.generator.params, state, z, k_est, cfg, aux['_sv'])
+  assert float(reused) == pytest.approx(float(fresh), rel=1e-5)
+  assert float(r_aux['sv/smin']) == pytest.approx(float(f_aux['sv/smin']), rel=1e-5)
+  for a, b in zip(jax.tree.leaves(r_grads), jax.tree.leaves(f_grads)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+  # The step with n_critic = 2 feeds the last energy update's latents to the generator.
+  cfg.optim.n_critic = 2
+  step = train.make_train_step(cfg, donate=False)
+  _, metrics = step(state, _batch(cfg), jax.random.key(1))
+  assert np.isfinite(float(metrics['entropy'])) and '_sv' not in metrics and '_z' not in metrics
+  cfg.bounds.share_sv = False
+  assert not train.shares_sv_work(cfg.bounds)

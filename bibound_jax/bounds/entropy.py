@@ -231,6 +231,15 @@ def batched_log_volume(estimator, fn: GenFn, params, z: Array, key: Array) -> SV
   return jax.vmap(lambda zi, ki: estimator(fn, params, zi, ki))(z, keys)
 
 
+def batched_reuse_vectors(fn: GenFn, params, z: Array, previous: SVEstimate) -> SVEstimate:
+  """`previous` re-evaluated at `params`: value = d log ||J(z) v|| with its vectors v held fixed
+  (one JVP per sample instead of a solve). At the parameters and latents the vectors were found
+  for, this is the estimate itself, value and gradient (envelope theorem); the train step's
+  generator update uses it to take the vectors of the energy update it follows."""
+  values = jax.vmap(lambda zi, vi: log_volume(fn, params, zi, vi))(z, previous.vector)
+  return previous.replace(value=values)
+
+
 def log_volume(fn: GenFn, params, z: Array, v: Array | None) -> Array:
   """The log-volume term at one z as a function of z: 1/2 log det J^T J when v is None,
   else d log ||J(z) v|| with v fixed. -log p_g(G(z)) = 1/2||z||^2 + log_volume + const."""
