@@ -20,6 +20,7 @@ import functools
 import json
 import os
 import signal
+import time
 from typing import Any
 
 import jax
@@ -272,11 +273,15 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
   hooks = [report] if is_chief else []
 
   buffer, buffer_start, warned = [], start + 1, [0.5]
+  data_wait = 0.0   # host seconds blocked on the input pipeline since the last log step
   with metric_writers.ensure_flushes(writer), _Preemption() as preempted:
     for step in range(start + 1, num_steps + 1):
       # `step` counts iterations done after this one; the step function donates `state`.
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        state, metrics = step_fn(state, batch_at(step - 1), rng)
+        t_data = time.perf_counter()
+        batch = batch_at(step - 1)
+        data_wait += time.perf_counter() - t_data
+        state, metrics = step_fn(state, batch, rng)
       buffer.append(metrics)
       for hook in hooks:
         hook(step)
@@ -290,7 +295,10 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
           check_finite(buffer, buffer_start, manager)
       if log_now:
         scalars = _mean_metrics(buffer)
-        buffer, buffer_start = [], step + 1
+        # Input-pipeline profile: ms per iteration the loop waited for its batch (prefetched or
+        # generated on device, it should stay far below the step time).
+        scalars['data_wait_ms'] = 1e3 * data_wait / len(buffer)
+        buffer, buffer_start, data_wait = [], step + 1, 0.0
         scalars['skipped'] = float(state.skipped)
         writer.write_scalars(step, scalars)
         if is_chief:

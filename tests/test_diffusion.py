@@ -247,3 +247,7 @@ def test_toy_time_energy_keeps_the_toy_spectral_norm():
   cfg = toy.get_config('mi+diff')
   energy, _ = models.create_models(cfg.model, cfg.data.shape)
   assert isinstance(energy, TimeMLPEnergy) and energy.spectral_norm
+  # Smooth in t (E(., 0) tied to E(., t_min), which DSM sees) and the bound's own weight.
+  assert energy.time_scale == 1.0 and cfg.bounds.diff_weight == 1.0
+  emb = lambda t: diff.sinusoidal_embedding(jnp.asarray([t]), 32, energy.time_scale)
+  assert float(jnp.max(jnp.abs(emb(0.0) - emb(cfg.bounds.diff_t_min)))) < 2e-3

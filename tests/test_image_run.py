@@ -118,6 +118,10 @@ def test_cifar10_run_writes_samples_metrics_and_checkpoints(trained):
   assert [h['step'] for h in _read(os.path.join(out, 'history.json'))] == [2, 4]
   assert sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints'))) == [2, 4]
   assert _jsonl_steps(workdir) == [2, 4]
+  # The input-pipeline profile: ms per iteration spent waiting for the prefetched batch.
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    waits = [json.loads(line)['data_wait_ms'] for line in f]
+  assert all(np.isfinite(w) and w >= 0.0 for w in waits)
 
 
 def test_resume_continues_from_the_saved_step(trained, data_dir):

@@ -80,15 +80,26 @@ def smin_from_vector(fn: GenFn, params, z: Array, v: Array) -> Array:
   return jnp.linalg.norm(jv)
 
 
-def _logdet_from_jacobian(jac: Array) -> Array:
-  """1/2 log det(J^T J) = sum_i log|R_ii| for J = QR (R = Cholesky factor of J^T J up to signs)."""
-  r = jnp.linalg.qr(jac, mode='r')
+def _r_factor(jac: Array) -> Array:
+  """R of J = QR, (d, d): J^T J = R^T R, so R has J's singular values and right singular
+  vectors at the cost of a QR of the tall (D, d) Jacobian plus work on a d x d matrix."""
+  return jnp.linalg.qr(jac, mode='r')
+
+
+def _logdet_from_r(r: Array) -> Array:
+  """1/2 log det(J^T J) = sum_i log|R_ii| (R = Cholesky factor of J^T J up to signs)."""
   return jnp.sum(jnp.log(jnp.abs(jnp.diagonal(r))))
 
 
-def _dense_smin(jac: Array):
-  """Smallest singular value and its right singular vector of a dense (D, d) matrix."""
-  _, s, vt = jnp.linalg.svd(jac, full_matrices=False)
+def _logdet_from_jacobian(jac: Array) -> Array:
+  """1/2 log det(J^T J) from J = QR, without squaring J's condition number."""
+  return _logdet_from_r(_r_factor(jac))
+
+
+def _dense_smin(r: Array):
+  """Smallest singular value and its right singular vector of a (D, d) matrix given its R
+  factor (or of any matrix with the same J^T J, e.g. J itself)."""
+  _, s, vt = jnp.linalg.svd(r, full_matrices=False)
   return s[-1], vt[-1]
 
 
@@ -106,21 +117,22 @@ def exact_logdet(fn: GenFn, params, z: Array, key: Array | None = None) -> SVEst
   autodiff through `jacfwd` and the QR.
   """
   del key
-  jac = jacobian(fn, params, z)
-  s, v = _dense_smin(sg(jac))
-  return SVEstimate(value=_logdet_from_jacobian(jac), smin=s, vector=v,
+  r = _r_factor(jacobian(fn, params, z))
+  s, v = _dense_smin(sg(r))
+  return SVEstimate(value=_logdet_from_r(r), smin=s, vector=v,
                     residual=jnp.zeros_like(s), iterations=jnp.zeros((), jnp.int32))
 
 
 def exact_smin(fn: GenFn, params, z: Array, key: Array | None = None) -> SVEstimate:
   """d * log s_1 with s_1 the smallest singular value of the dense Jacobian.
 
-  s_1^2 is the smallest eigenvalue of J^T J; we take s_1 from the SVD of J (same number, no
-  squaring of the condition number). Gradient by the envelope theorem through one JVP.
+  s_1^2 is the smallest eigenvalue of J^T J; we take s_1 from the SVD of R in J = QR (the same
+  singular values and right vectors as J, no squaring of the condition number, and a d x d SVD
+  instead of a D x d one). Gradient by the envelope theorem through one JVP.
   """
   del key
   jac = jacobian(fn, sg(params), z)
-  s, v = _dense_smin(jac)
+  s, v = _dense_smin(_r_factor(jac))
   return _estimate(fn, params, z, v, _residual(jac.T @ (jac @ v), v, s), 0)
 
 

@@ -38,7 +38,8 @@ def create_models(model_config, data_shape):
                        spectral_norm=e_cfg.get('spectral_norm', False))
   elif e_cfg.name == 'time_mlp':
     energy = TimeMLPEnergy(hidden=tuple(e_cfg.hidden),
-                           spectral_norm=e_cfg.get('spectral_norm', False))
+                           spectral_norm=e_cfg.get('spectral_norm', False),
+                           time_scale=float(e_cfg.get('time_scale', 1000.0)))
   else:
     raise ValueError(f'Energy {e_cfg.name!r} is for images; 2-D data needs mlp or time_mlp.')
   if g_cfg.name != 'mlp':
