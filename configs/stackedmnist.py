@@ -79,4 +79,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       elif not common.apply_preset(config, token):
         raise ValueError(f'configs/stackedmnist.py: unknown argument {token!r}; valid: cpu, '
                          f'cnn, {", ".join(common.PRESETS)}.')
+  common.tie_time_energy_to_ebm(config)
   return config

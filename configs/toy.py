@@ -50,11 +50,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       elif not common.apply_preset(config, token):
         raise ValueError(f'configs/toy.py: unknown argument {token!r}; valid data sets: '
                          f'{", ".join(DATASETS)}; bound presets: {", ".join(common.PRESETS)}.')
-  if config.bounds.upper == 'diff':
-    # DSM constrains E(., t) only for t >= t_min, never the EBM E(., 0): with the image-scale
-    # time embedding (1000 t) the two decouple and E(., 0) runs away (E(fake) - E(real) grew to
-    # 1e13). time_scale 1 makes E smooth in t, tying E(., 0) to E(., t_min). Weight 1 is the
-    # bound's own ((T - t_min) DSM); with 1e-3 the gap still grew (11.7 at 40k iterations).
-    config.model.energy.time_scale = 1.0
-    config.bounds.diff_weight = 1.0
+  common.tie_time_energy_to_ebm(config)
   return config

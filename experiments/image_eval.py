@@ -37,6 +37,7 @@ import os
 import queue
 import shutil
 import threading
+import time
 import weakref
 
 import jax
@@ -123,6 +124,7 @@ class Prefetch:
     self._queue = queue.Queue(maxsize=depth)
     self._stop = threading.Event()
     self._next = start_step
+    self.waited = 0.0   # seconds callers blocked on an empty queue (the run loop logs it)
     threading.Thread(target=_fill, args=(produce, self._queue, self._stop), daemon=True,
                      name='image-prefetch').start()
     weakref.finalize(self, self._stop.set)
@@ -131,7 +133,9 @@ class Prefetch:
     if step != self._next:
       raise ValueError(f'The image stream gives iteration {self._next} next, not {step}: '
                        'batch_at must be called with consecutive steps.')
+    start = time.perf_counter()
     item = self._queue.get()
+    self.waited += time.perf_counter() - start
     if isinstance(item, _Failure):
       raise item.error
     self._next += 1

@@ -34,6 +34,43 @@ class _QuietLibraries(pylogging.Filter):
     return record.levelno >= pylogging.WARNING or '/orbax/' not in record.pathname
 
 
+def _unknown_key_message(argv, error) -> str:
+  """Name the --config.KEY override that does not exist, and the keys that do at that level."""
+  import importlib.util
+  config_arg = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+  try:
+    path, _, variant = config_arg.partition(':')
+    spec = importlib.util.spec_from_file_location('_bibound_config', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(variant) if variant else module.get_config()
+  except Exception:  # pylint: disable=broad-except
+    return f'a --config override names a key the config does not have ({error})'
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      continue
+    node, keys = config, arg[len('--config.'):].split('=', 1)[0].split('.')
+    for i, key in enumerate(keys):
+      if not hasattr(node, 'keys') or key not in node:
+        where = '.'.join(['config'] + keys[:i])
+        valid = ', '.join(sorted(node.keys())) if hasattr(node, 'keys') else '(not a section)'
+        return (f'--config.{".".join(keys)}: {where} has no key {key!r}; its keys are: '
+                f'{valid}. Check the spelling against {path}.')
+      node = node[key]
+  return f'a --config override names a key the config does not have ({error})'
+
+
+def parse_flags(argv):
+  """absl flag parsing; an override of a key the config does not have exits with one line
+  naming the key and the valid ones (ml_collections raises a bare AttributeError)."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:   # an ill-typed value, a missing required flag, ...
+    sys.exit(f'error: {e}\nPass --helpfull to see the flags.')
+  except (AttributeError, KeyError) as e:
+    sys.exit(f'error: {_unknown_key_message(argv, e)}')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected command-line arguments: {argv[1:]}')
@@ -58,4 +95,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -40,9 +40,14 @@ def _main(*overrides, workdir='/nonexistent'):
 
 def test_command_line_errors_name_the_key():
   bad_key = _main('--config.train.num_stepz=7')
-  assert bad_key.returncode != 0 and 'num_stepz' in bad_key.stderr
+  assert bad_key.returncode != 0 and 'Traceback' not in bad_key.stderr
+  assert "config.train has no key 'num_stepz'" in bad_key.stderr
+  assert 'num_steps' in bad_key.stderr.split('its keys are:')[1]     # the valid ones listed
+  bad_section = _main('--config.bound.lower=sv')
+  assert "config has no key 'bound'" in bad_section.stderr and 'bounds' in bad_section.stderr
   bad_type = _main('--config.train.num_steps=seven')
   assert bad_type.returncode != 0 and 'num_steps' in bad_type.stderr
+  assert 'Traceback' not in bad_type.stderr and "'seven'" in bad_type.stderr
 
 
 @pytest.mark.parametrize('key,value,match', [
