@@ -13,6 +13,8 @@ rounds and its ratio to the wgan_gp step measured in the same process.
 """
 from __future__ import annotations
 
+import os
+import platform
 import time
 
 import jax
@@ -39,6 +41,7 @@ PAIRINGS = [
     ('sv+gp exact_logdet', 'sv+gp', {'estimator': 'exact_logdet'}),
     ('sv+gp exact_smin', 'sv+gp', {'estimator': 'exact_smin'}),
     ('sv+gp exact_smin, unshared', 'sv+gp', {'estimator': 'exact_smin', 'share_sv': False}),
+    ('sv+gp exact_smin, sv_batch 16', 'sv+gp', {'estimator': 'exact_smin', 'sv_batch': 16}),
     ('sv+gp lobpcg (2 it)', 'sv+gp', {'estimator': 'lobpcg', 'num_iters': 2}),
     ('sv+gp lobpcg (2 it), unshared', 'sv+gp', {'estimator': 'lobpcg', 'num_iters': 2,
                                                 'share_sv': False}),
@@ -68,6 +71,17 @@ def make_runner(network, preset, overrides):
   return run
 
 
+def machine() -> str:
+  """CPU model and the cores this process may use."""
+  model = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo') as f:
+      model = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+  except (OSError, StopIteration):
+    pass
+  return f'{model}, {len(os.sched_getaffinity(0))} usable cores'
+
+
 def time_network(network: str) -> None:
   """Compile every pairing, time them in interleaved rounds, print the table."""
   pairings = [p for p in PAIRINGS if p[0] == 'wgan_gp' or not FLAGS.pairings
@@ -81,8 +95,8 @@ def time_network(network: str) -> None:
       times[label].append((time.perf_counter() - t) / FLAGS.iters)
   med = {k: float(np.median(v)) for k, v in times.items()}
   base = med['wgan_gp']
-  print(f'\n{NETWORKS[network][2]}, {jax.device_count()} x {jax.devices()[0].device_kind}, '
-        f'median of {FLAGS.rounds} rounds of {FLAGS.iters} iterations\n')
+  print(f'\n{NETWORKS[network][2]}, {jax.device_count()} x {jax.devices()[0].device_kind} '
+        f'({machine()}), median of {FLAGS.rounds} rounds of {FLAGS.iters} iterations\n')
   print('| pairing | ms / iteration | ratio to wgan_gp |')
   print('| --- | --- | --- |')
   for label, _ in runners:

@@ -51,19 +51,23 @@ def main(argv):
     from bibound_jax import models, sharding, train
     from experiments import toy_eval
     assert jax.device_count() == 4, jax.devices()
-    cfg = small_config(6)
     out = {}
-    for name, devices in (('four', jax.devices()), ('one', jax.devices()[:1])):
-      mesh = sharding.make_mesh(devices)
-      energy, gen = models.create_models(cfg.model, cfg.data.shape)
-      state = train.create_state(cfg, energy, gen, jax.random.key(0), cfg.data.shape)
-      state = sharding.replicate(state, mesh)
-      step, batch_at = train.make_train_step(cfg, mesh=mesh), toy_eval.make_data_fn(cfg, mesh)
-      for t in range(cfg.train.num_steps):
-        batch = batch_at(t)
-        assert len(batch.sharding.device_set) == len(devices)
-        state, _ = step(state, batch, jax.random.key(1))
-      out.update({f'{name}/{k}': v for k, v in flat_params(state).items()})
+    # Six steps with the generator solving its own SV vectors; two with them shared from the
+    # energy update (bounds.share_sv), whose rounding differences grow ~25x per step here.
+    for suffix, share, steps in (('', False, 6), ('_shared', True, 2)):
+      cfg = small_config(steps)
+      cfg.bounds.share_sv = share
+      for name, devices in (('four', jax.devices()), ('one', jax.devices()[:1])):
+        mesh = sharding.make_mesh(devices)
+        energy, gen = models.create_models(cfg.model, cfg.data.shape)
+        state = train.create_state(cfg, energy, gen, jax.random.key(0), cfg.data.shape)
+        state = sharding.replicate(state, mesh)
+        step, batch_at = train.make_train_step(cfg, mesh=mesh), toy_eval.make_data_fn(cfg, mesh)
+        for t in range(cfg.train.num_steps):
+          batch = batch_at(t)
+          assert len(batch.sharding.device_set) == len(devices)
+          state, _ = step(state, batch, jax.random.key(1))
+        out.update({f'{name}{suffix}/{k}': v for k, v in flat_params(state).items()})
     np.savez(argv[2], **out)
   elif mode == 'train':
     from bibound_jax import sharding

@@ -44,10 +44,11 @@ def _assert_close(a, b, atol=3e-4):
 def test_four_devices_give_the_parameters_of_one_device(tmp_path):
   _run(['compare', str(tmp_path / 'p.npz')], devices=4)
   p = np.load(tmp_path / 'p.npz')
-  four = {k[5:]: p[k] for k in p if k.startswith('four/')}
-  one = {k[4:]: p[k] for k in p if k.startswith('one/')}
-  assert len(four) > 5
-  _assert_close(four, one)
+  for suffix in ('', '_shared'):
+    four = {k.split('/', 1)[1]: p[k] for k in p if k.startswith(f'four{suffix}/')}
+    one = {k.split('/', 1)[1]: p[k] for k in p if k.startswith(f'one{suffix}/')}
+    assert len(four) > 5
+    _assert_close(four, one)
 
 
 def test_checkpoint_saved_on_four_devices_restores_on_one(tmp_path):

@@ -82,7 +82,10 @@ def smin_from_vector(fn: GenFn, params, z: Array, v: Array) -> Array:
 
 def _r_factor(jac: Array) -> Array:
   """R of J = QR, (d, d): J^T J = R^T R, so R has J's singular values and right singular
-  vectors at the cost of a QR of the tall (D, d) Jacobian plus work on a d x d matrix."""
+  vectors at the cost of a QR of the tall (D, d) Jacobian plus work on a d x d matrix.
+  A Jacobian that is not tall (D <= d, e.g. the 2-D toy) is returned as is for the SVD."""
+  if jac.shape[0] <= jac.shape[1]:
+    return jac
   return jnp.linalg.qr(jac, mode='r')
 
 
@@ -93,7 +96,7 @@ def _logdet_from_r(r: Array) -> Array:
 
 def _logdet_from_jacobian(jac: Array) -> Array:
   """1/2 log det(J^T J) from J = QR, without squaring J's condition number."""
-  return _logdet_from_r(_r_factor(jac))
+  return _logdet_from_r(jnp.linalg.qr(jac, mode='r'))
 
 
 def _dense_smin(r: Array):
@@ -117,7 +120,7 @@ def exact_logdet(fn: GenFn, params, z: Array, key: Array | None = None) -> SVEst
   autodiff through `jacfwd` and the QR.
   """
   del key
-  r = _r_factor(jacobian(fn, params, z))
+  r = jnp.linalg.qr(jacobian(fn, params, z), mode='r')
   s, v = _dense_smin(sg(r))
   return SVEstimate(value=_logdet_from_r(r), smin=s, vector=v,
                     residual=jnp.zeros_like(s), iterations=jnp.zeros((), jnp.int32))
