@@ -104,7 +104,8 @@ def tie_time_energy_to_ebm(config: ml_collections.ConfigDict) -> None:
   DSM constrains E(., t) only for t >= t_min, never the EBM E(., 0). With the image-scale
   embedding (1000 t) the two decouple: on the toy, E(fake) - E(real) grew to 1e13 at w = 1e-3
   and kept growing at w = 1; with time_scale 1 and w = 1 it stayed below 0.6 over 40k
-  iterations (see the toy/StackedMNIST configs that call this)."""
+  iterations. This delays the run-away, it does not remove it: the 150k toy run still diverges
+  after about 50k iterations (README results)."""
   if config.bounds.upper == 'diff':
     config.model.energy.time_scale = 1.0
     config.bounds.diff_weight = 1.0
