@@ -9,12 +9,15 @@
 
 Each pairing's jit-compiled step is compiled first, then all pairings are timed in interleaved
 rounds (so machine noise hits them alike); the table gives the median ms per iteration over
-rounds and its ratio to the wgan_gp step measured in the same process.
+rounds and its ratio to the wgan_gp step measured in the same process. Iterations run
+`train.steps_per_call` per compiled call as in the run loop (the toy: 10); --steps_per_call=1
+times one call per iteration.
 """
 from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 
 import jax
@@ -31,6 +34,9 @@ flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds.')
 flags.DEFINE_integer('iters', 100, 'Iterations per pairing per round.')
 flags.DEFINE_list('networks', ['toy'], 'Network sets to time: toy, fc, fc_cpu, dcgan28, dcgan32.')
 flags.DEFINE_list('pairings', [], 'Only these pairing labels (default: all).')
+flags.DEFINE_integer('warmup', 3, 'Untimed iterations per pairing after compilation.')
+flags.DEFINE_integer('steps_per_call', 0, 'Iterations per compiled call (0: the config\'s '
+                     'train.steps_per_call, as the run loop uses it).')
 FLAGS = flags.FLAGS
 
 # (label, preset, bounds overrides)
@@ -51,24 +57,32 @@ PAIRINGS = [
 
 
 def make_runner(network, preset, overrides):
+  """run(n): n training iterations (a multiple of steps_per_call) on a fixed batch."""
   cfg = get_config(network, preset)
   cfg.bounds.update(overrides)
+  k = FLAGS.steps_per_call or cfg.train.get('steps_per_call', 1)
   energy, gen = models.create_models(cfg.model, cfg.data.shape)
   state = train.create_state(cfg, energy, gen, jax.random.key(0), cfg.data.shape)
-  step = train.make_train_step(cfg)
   batch = jax.random.uniform(jax.random.key(1), (1, cfg.train.batch_size, *cfg.data.shape),
                              minval=-1.0, maxval=1.0)
+  if k > 1:
+    step, batch = train.make_train_steps(cfg, k), (batch,) * k
+  else:
+    step = train.make_train_step(cfg)
   rng = jax.random.key(2)
-  holder = {'state': step(state, batch, rng)[0]}
+  t = time.perf_counter()
+  holder = {'state': jax.block_until_ready(step(state, batch, rng)[0])}
+  print(f'  {network} {preset} {overrides}: compiled and ran once in '
+        f'{time.perf_counter() - t:.1f} s', file=sys.stderr, flush=True)
 
   def run(n):
     s = holder['state']
-    for _ in range(n):
+    for _ in range(max(1, n // k)):
       s, _ = step(s, batch, rng)
     jax.block_until_ready(s)
     holder['state'] = s
-  run(3)
-  return run
+  run(FLAGS.warmup)
+  return run, k
 
 
 def machine() -> str:
@@ -86,20 +100,25 @@ def time_network(network: str) -> None:
   """Compile every pairing, time them in interleaved rounds, print the table."""
   pairings = [p for p in PAIRINGS if p[0] == 'wgan_gp' or not FLAGS.pairings
               or p[0] in FLAGS.pairings]
-  runners = [(label, make_runner(network, preset, ov)) for label, preset, ov in pairings]
-  times = {label: [] for label, _ in runners}
+  runners = [(label, *make_runner(network, preset, ov)) for label, preset, ov in pairings]
+  times = {label: [] for label, _, _ in runners}
   for _ in range(FLAGS.rounds):
-    for label, run in runners:
+    for label, run, k in runners:
+      iters = max(k, FLAGS.iters - FLAGS.iters % k)
       t = time.perf_counter()
-      run(FLAGS.iters)
-      times[label].append((time.perf_counter() - t) / FLAGS.iters)
+      run(iters)
+      times[label].append((time.perf_counter() - t) / iters)
+      print(f'  round {len(times[label])}: {label} {1e3 * times[label][-1]:.2f} ms',
+            file=sys.stderr, flush=True)
   med = {k: float(np.median(v)) for k, v in times.items()}
   base = med['wgan_gp']
+  per_call = sorted({k for _, _, k in runners})
   print(f'\n{NETWORKS[network][2]}, {jax.device_count()} x {jax.devices()[0].device_kind} '
-        f'({machine()}), median of {FLAGS.rounds} rounds of {FLAGS.iters} iterations\n')
+        f'({machine()}), median of {FLAGS.rounds} rounds of {FLAGS.iters} iterations, '
+        f'{"/".join(map(str, per_call))} per compiled call\n')
   print('| pairing | ms / iteration | ratio to wgan_gp |')
   print('| --- | --- | --- |')
-  for label, _ in runners:
+  for label, _, _ in runners:
     print(f'| {label} | {1e3 * med[label]:.3f} | {med[label] / base:.2f} |', flush=True)
 
 

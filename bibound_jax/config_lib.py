@@ -65,6 +65,7 @@ def validate_config(config, datasets: Iterable[str], extra_positive: Iterable[st
   for key in ('bounds.num_iters', 'bounds.block_size', 'bounds.cg_iters', 'optim.n_critic',
               'train.batch_size', 'train.num_steps', 'train.log_every', 'train.eval_every',
               'train.checkpoint_every', 'train.keep_checkpoints', 'optim.lr_energy',
+              'train.steps_per_call',
               'eval.num_samples', 'train.divergence_gap', 'train.divergence_energy',
               'optim.lr_generator', 'model.generator.latent_dim', *extra_positive):
     _positive(config, key)

@@ -446,6 +446,31 @@ def train_step(state: BiboundState, batch: jax.Array, rng: jax.Array, *, config,
   return state, metrics
 
 
+def train_steps(state: BiboundState, batches, rng: jax.Array, *, config, mesh=None):
+  """len(batches) iterations of `train_step` in one scan: the same updates as calling it once
+  per batch (iteration t uses batches[t]; keys still come from `rng` and the state's step).
+  Returns (new_state, metrics) with every metric stacked along a leading iteration axis."""
+  body = lambda st, batch: train_step(st, batch, rng, config=config, mesh=mesh)
+  return jax.lax.scan(body, state, jnp.stack(batches))
+
+
+def make_train_steps(config, steps: int, donate: bool = True, mesh=None):
+  """jit-compiled `train_steps(state, batches, rng) -> (state, metrics)` running `steps`
+  iterations per call; `batches` is a tuple of `steps` arrays (n_critic, B, *data_shape).
+
+  One call per iteration costs a fixed dispatch (arguments, donation, one buffer per metric):
+  on the toy networks on CPU that is about a third of the step. Sharding, donation and the
+  compile-once property are those of `make_train_step`."""
+  if steps < 1:
+    raise ValueError(f'make_train_steps needs steps >= 1 (train.steps_per_call), got {steps}.')
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  sharding.per_device_batch(config.train.batch_size, mesh)
+  fn = functools.partial(train_steps, config=config, mesh=mesh)
+  rep = sharding.replicated(mesh)
+  return jax.jit(fn, in_shardings=(rep, (sharding.batch_sharding(mesh),) * steps, rep),
+                 out_shardings=(rep, rep), donate_argnums=(0,) if donate else ())
+
+
 def make_train_step(config, donate: bool = True, mesh=None):
   """jit-compiled `train_step(state, batch, rng) -> (state, metrics)` for a fixed config.
 

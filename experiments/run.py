@@ -23,7 +23,6 @@ import signal
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -78,6 +77,7 @@ class NonFiniteError(FloatingPointError):
 # saved state means); any other difference is an error.
 RESUMABLE_KEYS = ('train.num_steps', 'train.log_every', 'train.eval_every',
                   'train.checkpoint_every', 'train.keep_checkpoints', 'train.nonfinite',
+                  'train.steps_per_call',
                   'train.divergence_gap', 'train.divergence_energy', 'eval.',
                   'data.data_dir', 'data.download')
 
@@ -142,11 +142,22 @@ def restore_checkpoint(manager: ocp.CheckpointManager, state: train.BiboundState
   return restored['state'], jax.random.wrap_key_data(restored['rng'])
 
 
-def check_finite(buffer: list[dict], first_step: int, manager) -> None:
+def _host_records(buffer: list[tuple[int, dict]]) -> list[dict[str, float]]:
+  """The buffered metrics as one host dict per iteration. Buffer entries are (n, metrics):
+  n = 1 for a single step's scalars, n > 1 for `steps_per_call` metrics stacked along axis 0."""
+  out = []
+  for n, metrics in jax.device_get(buffer):
+    if n == 1 and all(np.ndim(v) == 0 for v in metrics.values()):
+      out.append(metrics)
+    else:
+      out.extend({k: v[i] for k, v in metrics.items()} for i in range(n))
+  return out
+
+
+def check_finite(buffer: list[tuple[int, dict]], first_step: int, manager) -> None:
   """Raise NonFiniteError naming the first step and metric that is NaN/Inf in `buffer`
   (metrics of iterations first_step, first_step + 1, ...)."""
-  host = jax.device_get(buffer)
-  for i, metrics in enumerate(host):
+  for i, metrics in enumerate(_host_records(buffer)):
     if metrics.get('nonfinite', 0.0) == 0.0 and all(np.isfinite(v) for v in metrics.values()):
       continue
     bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
@@ -224,9 +235,22 @@ def _truncate_jsonl(path: str, max_step: int) -> None:
         f.write(json.dumps(r) + '\n')
 
 
-def _mean_metrics(buffer: list[dict[str, jax.Array]]) -> dict[str, float]:
-  stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *buffer))
-  return {k: float(np.mean(v)) for k, v in stacked.items()}
+def _mean_metrics(buffer: list[tuple[int, dict]]) -> dict[str, float]:
+  records = _host_records(buffer)
+  return {k: float(np.mean([r[k] for r in records])) for k in records[0]}
+
+
+def chunk_length(step: int, config) -> int:
+  """Iterations the next call runs after `step` done: `train.steps_per_call` when no log,
+  evaluation or checkpoint falls strictly inside the chunk and it ends by train.num_steps,
+  else 1, so every event still happens at its own iteration."""
+  k = int(config.train.get('steps_per_call', 1))
+  if k <= 1 or step + k > config.train.num_steps:
+    return 1
+  for every in (config.train.log_every, config.train.eval_every, config.train.checkpoint_every):
+    if (step + k - 1) // every > step // every:   # a multiple of `every` in (step, step + k)
+      return 1
+  return k
 
 
 def train_and_evaluate(config, workdir: str) -> train.BiboundState:
@@ -265,6 +289,9 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
   start = int(state.step)
 
   step_fn = train.make_train_step(config, mesh=mesh)
+  steps_per_call = int(config.train.get('steps_per_call', 1))
+  steps_fn = (train.make_train_steps(config, steps_per_call, mesh=mesh)
+              if steps_per_call > 1 else None)
   batch_at = task.make_data_fn(config, mesh, start)
   evaluator = task.Evaluator(config, energy_model, gen_model)
   num_steps = config.train.num_steps
@@ -278,11 +305,17 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
   waited = lambda: getattr(batch_at, 'waited', 0.0)
   data_wait = waited()
   with metric_writers.ensure_flushes(writer), _Preemption() as preempted:
-    for step in range(start + 1, num_steps + 1):
-      # `step` counts iterations done after this one; the step function donates `state`.
-      with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        state, metrics = step_fn(state, batch_at(step - 1), rng)
-      buffer.append(metrics)
+    step = start
+    while step < num_steps:
+      # `step` counts iterations done after this call; the step functions donate `state`.
+      n = chunk_length(step, config)
+      with jax.profiler.StepTraceAnnotation('train', step_num=step + n):
+        if n == 1:
+          state, metrics = step_fn(state, batch_at(step), rng)
+        else:
+          state, metrics = steps_fn(state, tuple(batch_at(step + i) for i in range(n)), rng)
+      step += n
+      buffer.append((n, metrics))
       for hook in hooks:
         hook(step)
       log_now = step % config.train.log_every == 0 or step == num_steps
@@ -296,7 +329,7 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
       if log_now:
         scalars = _mean_metrics(buffer)
         if hasattr(batch_at, 'waited'):   # ms per iteration spent waiting for the batch
-          scalars['data_wait_ms'] = 1e3 * (waited() - data_wait) / len(buffer)
+          scalars['data_wait_ms'] = 1e3 * (waited() - data_wait) / sum(n for n, _ in buffer)
           data_wait = waited()
         buffer, buffer_start = [], step + 1
         scalars['skipped'] = float(state.skipped)

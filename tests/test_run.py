@@ -79,6 +79,34 @@ def _params(state):
                                    state.generator.opt_state))
 
 
+def test_chunk_length_never_skips_an_event():
+  cfg = toy.get_config()    # log 500, evaluate and checkpoint 10k, 150k iterations, chunks of 10
+  assert cfg.train.steps_per_call == 10
+  assert run.chunk_length(0, cfg) == 10 and run.chunk_length(490, cfg) == 10
+  assert run.chunk_length(495, cfg) == 1 and run.chunk_length(149_995, cfg) == 1
+  cfg.train.steps_per_call = 1
+  assert run.chunk_length(0, cfg) == 1
+
+
+def test_steps_per_call_gives_the_run_of_single_steps(tmp_path):
+  """Chunks of 4 (and single steps around each log/checkpoint at 10, 20): same parameters,
+  same logged metrics and checkpoints as one call per iteration."""
+  finals, logs = [], []
+  for k in (1, 4):
+    cfg = small_config(num_steps=20, log_every=10, steps_per_call=k)
+    finals.append(_params(run.train_and_evaluate(cfg, str(tmp_path / f'k{k}'))))
+    with open(tmp_path / f'k{k}' / 'metrics.jsonl') as f:
+      logs.append([json.loads(line) for line in f])
+    manager = run.checkpoint_manager(str(tmp_path / f'k{k}'), cfg)
+    assert manager.all_steps() == [10, 20]
+    manager.close()
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), *finals)
+  assert [r['step'] for r in logs[1]] == [10, 20]
+  for single, chunked in zip(*logs):
+    for name, value in single.items():
+      np.testing.assert_allclose(chunked[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 def test_checkpoint_restore_and_resume_match_an_uninterrupted_run(tmp_path):
   cfg = small_config(num_steps=20)
   final = run.train_and_evaluate(cfg, str(tmp_path / 'a'))

@@ -37,6 +37,31 @@ def test_step_compiles_once_and_metrics_are_finite():
     assert np.isfinite(float(metrics[name])), name
 
 
+def test_several_iterations_per_call_match_single_steps():
+  """make_train_steps runs the same updates as one call per iteration, compiled once."""
+  cfg, state = _setup('sv+gp')
+  batches = tuple(_batch(cfg, i) for i in range(3))
+  key = jax.random.key(1)
+  single = train.make_train_step(cfg, donate=False)
+  one_by_one, history = state, []
+  for batch in batches:
+    one_by_one, metrics = single(one_by_one, batch, key)
+    history.append(metrics)
+  multi = train.make_train_steps(cfg, 3, donate=False)
+  together, stacked = multi(state, batches, key)
+  assert int(together.step) == 3 and stacked['loss_energy'].shape == (3,)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               (one_by_one.energy.params, one_by_one.generator.params),
+               (together.energy.params, together.generator.params))
+  for i, metrics in enumerate(history):
+    for name, value in metrics.items():
+      np.testing.assert_allclose(stacked[name][i], value, rtol=1e-6, atol=1e-7, err_msg=name)
+  multi(together, batches, key)
+  assert multi._cache_size() == 1
+  with pytest.raises(ValueError, match='steps_per_call'):
+    train.make_train_steps(cfg, 0)
+
+
 @pytest.mark.parametrize('preset,estimator', [
     ('sv+gp', 'exact_logdet'), ('sv+gp', 'exact_smin'), ('sv+gp', 'lobpcg'),
     ('sv+gp', 'inverse_cg'), ('none', 'lobpcg'), ('r1', 'exact_smin'), ('wgan_gp', 'lobpcg'),
