@@ -33,7 +33,8 @@ from bibound_jax import train
 flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds.')
 flags.DEFINE_integer('iters', 100, 'Iterations per pairing per round.')
 flags.DEFINE_list('networks', ['toy'], 'Network sets to time: toy, fc, fc_cpu, dcgan28, dcgan32.')
-flags.DEFINE_list('pairings', [], 'Only these pairing labels (default: all).')
+flags.DEFINE_string('pairings', '', 'Only these pairing labels, separated by ";" (default: '
+                    'all; wgan_gp always runs).')
 flags.DEFINE_integer('warmup', 3, 'Untimed iterations per pairing after compilation.')
 flags.DEFINE_integer('steps_per_call', 0, 'Iterations per compiled call (0: the config\'s '
                      'train.steps_per_call, as the run loop uses it).')
@@ -51,6 +52,8 @@ PAIRINGS = [
     ('sv+gp lobpcg (2 it)', 'sv+gp', {'estimator': 'lobpcg', 'num_iters': 2}),
     ('sv+gp lobpcg (2 it), unshared', 'sv+gp', {'estimator': 'lobpcg', 'num_iters': 2,
                                                 'share_sv': False}),
+    ('sv+gp lobpcg (block 4, 10 it)', 'sv+gp', {'estimator': 'lobpcg', 'num_iters': 10,
+                                                'block_size': 4}),
     ('sv+gp inverse_cg (5x10)', 'sv+gp', {'estimator': 'inverse_cg', 'num_iters': 5}),
     ('mi+diff (ba)', 'mi+diff', {}),
 ]
@@ -98,8 +101,12 @@ def machine() -> str:
 
 def time_network(network: str) -> None:
   """Compile every pairing, time them in interleaved rounds, print the table."""
-  pairings = [p for p in PAIRINGS if p[0] == 'wgan_gp' or not FLAGS.pairings
-              or p[0] in FLAGS.pairings]
+  wanted = [w.strip() for w in FLAGS.pairings.split(';') if w.strip()]
+  unknown = set(wanted) - {p[0] for p in PAIRINGS}
+  if unknown:
+    raise app.UsageError(f'Unknown --pairings {sorted(unknown)}; valid: '
+                         f'{"; ".join(p[0] for p in PAIRINGS)}.')
+  pairings = [p for p in PAIRINGS if p[0] == 'wgan_gp' or not wanted or p[0] in wanted]
   runners = [(label, *make_runner(network, preset, ov)) for label, preset, ov in pairings]
   times = {label: [] for label, _, _ in runners}
   for _ in range(FLAGS.rounds):

@@ -178,3 +178,15 @@ def test_unknown_estimator_lists_valid_names():
 
 def test_gaussian_entropy():
   np.testing.assert_allclose(entropy.gaussian_entropy(3), 1.5 * np.log(2 * np.pi * np.e))
+
+
+def test_warm_start_vector_keeps_the_block_size(x64):
+  """A (d,) warm start fills one column of the LOBPCG block, the rest are random: with block 4
+  at d = 8 the first subspace [X, R, P] spans R^8, so one iteration is exact."""
+  d = 8
+  params, z, jac = _setup(d, seed=5)
+  s_ref = np.linalg.svd(jac, compute_uv=False)[-1]
+  init = jax.random.normal(jax.random.key(4), (d,), jnp.float64)
+  est = entropy.lobpcg(mlp_fn, params, z, jax.random.key(1), num_iters=1, block_size=4,
+                       init=init)
+  np.testing.assert_allclose(float(est.smin), s_ref, rtol=1e-8)

@@ -179,9 +179,14 @@ def _normalise_columns(x: Array) -> Array:
 
 
 def _start_block(key, init, d, k, dtype):
+  """(d, k) start: the columns of `init` (a (d,) vector or (d, j) block), completed with
+  Gaussian columns from `key` when j < k (a warm start never shrinks the block)."""
   if init is None:
     return jax.random.normal(key, (d, k), dtype)
-  return jnp.reshape(init, (d, -1))[:, :k].astype(dtype)
+  init = jnp.reshape(init, (d, -1))[:, :k].astype(dtype)
+  if init.shape[1] == k:
+    return init
+  return jnp.concatenate([init, jax.random.normal(key, (d, k - init.shape[1]), dtype)], axis=1)
 
 
 def lobpcg(fn: GenFn, params, z: Array, key: Array, num_iters: int = 2, block_size: int = 1,
