@@ -84,7 +84,8 @@ def make_runner(network, preset, overrides):
       s, _ = step(s, batch, rng)
     jax.block_until_ready(s)
     holder['state'] = s
-  run(FLAGS.warmup)
+  if FLAGS.warmup > 0:
+    run(FLAGS.warmup)
   return run, k
 
 
