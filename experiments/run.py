@@ -147,10 +147,7 @@ def _host_records(buffer: list[tuple[int, dict]]) -> list[dict[str, float]]:
   n = 1 for a single step's scalars, n > 1 for `steps_per_call` metrics stacked along axis 0."""
   out = []
   for n, metrics in jax.device_get(buffer):
-    if n == 1 and all(np.ndim(v) == 0 for v in metrics.values()):
-      out.append(metrics)
-    else:
-      out.extend({k: v[i] for k, v in metrics.items()} for i in range(n))
+    out.extend([metrics] if n == 1 else ({k: v[i] for k, v in metrics.items()} for i in range(n)))
   return out
 
 

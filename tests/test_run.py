@@ -88,9 +88,26 @@ def test_chunk_length_never_skips_an_event():
   assert run.chunk_length(0, cfg) == 1
 
 
-def test_steps_per_call_gives_the_run_of_single_steps(tmp_path):
+def test_nonfinite_inside_a_chunk_names_its_iteration(tmp_path):
+  nan_at_12 = {'energy_real': np.array([0.1, np.nan, 0.3], np.float32),
+               'nonfinite': np.zeros(3, np.float32)}
+  buffer = [(1, {'energy_real': np.float32(0.0), 'nonfinite': np.float32(0.0)}), (3, nan_at_12)]
+  manager = run.checkpoint_manager(str(tmp_path), small_config())
+  with pytest.raises(run.NonFiniteError, match='iteration 12: energy_real'):
+    run.check_finite(buffer, 10, manager)
+  manager.close()
+
+
+def test_steps_per_call_gives_the_run_of_single_steps(tmp_path, monkeypatch):
   """Chunks of 4 (and single steps around each log/checkpoint at 10, 20): same parameters,
   same logged metrics and checkpoints as one call per iteration."""
+  chunk_calls = []
+  make = run.train.make_train_steps
+
+  def counting(*args, **kwargs):
+    fn = make(*args, **kwargs)
+    return lambda *a: (chunk_calls.append(1), fn(*a))[1]
+  monkeypatch.setattr(run.train, 'make_train_steps', counting)
   finals, logs = [], []
   for k in (1, 4):
     cfg = small_config(num_steps=20, log_every=10, steps_per_call=k)
@@ -102,6 +119,7 @@ def test_steps_per_call_gives_the_run_of_single_steps(tmp_path):
     manager.close()
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), *finals)
   assert [r['step'] for r in logs[1]] == [10, 20]
+  assert len(chunk_calls) == 4     # 0 -> 4 -> 8 and 10 -> 14 -> 18 in chunks, the rest single
   for single, chunked in zip(*logs):
     for name, value in single.items():
       np.testing.assert_allclose(chunked[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
