@@ -103,7 +103,8 @@ def generators(network: str):
 def frontier(label, cfg, gen) -> None:
   d = cfg.model.generator.latent_dim
   z_batch = jax.random.normal(jax.random.key(1), (cfg.train.batch_size, d))
-  variables = train.jacobian_variables(gen, gen.params, z_batch, cfg.bounds)
+  variables = jax.jit(lambda g, zz: train.jacobian_variables(g, g.params, zz, cfg.bounds))(
+      gen, z_batch)
   fn = train.per_sample_generator_fn(gen)
   z = z_batch[:FLAGS.batch]
 

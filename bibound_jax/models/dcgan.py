@@ -17,6 +17,11 @@ which makes it per-sample too). Both carry `data_shape`; generators carry `laten
 * `TimeDCGANEnergy`: E(x, t) for the diffusion upper bound (see its docstring).
 * `SNConv`: the stateless spectrally normalised convolution used when `spectral_norm=True`.
 
+Every convolution runs through `bibound_jax.models.conv`: lax's on accelerators, the same maths
+as matrix products on CPU (whose convolution gradients, and a gradient penalty's double backward,
+otherwise hit slow paths: `benchmarks/conv_impl.py`). Parameters are those of `nn.Conv` /
+`nn.ConvTranspose`.
+
 Channel counts scale with `width` (64 above). Spectral norm, when on, wraps every conv and the
 dense head of the energies; generators never use it (as in SNGAN).
 """
@@ -30,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bibound_jax.models import conv as conv_lib
 from bibound_jax.models.time_energy import TimeEmbedding, _times
 from bibound_jax.models.toy import SNDense
 
@@ -78,7 +84,7 @@ class SNConv(nn.Module):
   def _conv(self, x, kernel):
     padding = self.padding if isinstance(self.padding, str) else tuple(
         tuple(p) for p in self.padding)
-    return jax.lax.conv_general_dilated(
+    return conv_lib.conv_general_dilated(
         x, kernel, window_strides=tuple(self.strides), padding=padding,
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
@@ -128,7 +134,8 @@ def conv_layer(spectral_norm: bool, sn_mode: str = 'kernel', power_iters: int = 
     if spectral_norm:
       return SNConv(features, kernel_size, strides, padding, power_iters=power_iters,
                     mode=sn_mode, name=name)
-    return nn.Conv(features, kernel_size, strides, padding=padding, name=name)
+    return nn.Conv(features, kernel_size, strides, padding=padding, name=name,
+                   conv_general_dilated=conv_lib.conv_general_dilated)
   return make
 
 
@@ -211,10 +218,11 @@ class DCGANGenerator(nn.Module):
     h = jnp.reshape(h, (z.shape[0], h0, w0, 8 * self.width))
     h = nn.relu(nn.BatchNorm(use_running_average=not train, **_BN)(h))
     for mult in (4, 2, 1):
-      h = nn.ConvTranspose(mult * self.width, (4, 4), (2, 2), padding=((2, 2), (2, 2)),
-                           transpose_kernel=True)(h)
+      h = conv_lib.ConvTranspose(mult * self.width, (4, 4), (2, 2),
+                                 padding=((2, 2), (2, 2)), transpose_kernel=True)(h)
       h = nn.relu(nn.BatchNorm(use_running_average=not train, **_BN)(h))
-    h = nn.Conv(self.data_shape[2], (3, 3), padding=((1, 1), (1, 1)))(h)
+    h = nn.Conv(self.data_shape[2], (3, 3), padding=((1, 1), (1, 1)),
+                conv_general_dilated=conv_lib.conv_general_dilated)(h)
     return jnp.tanh(h)
 
 
@@ -258,9 +266,10 @@ class DCGAN28Generator(nn.Module):
     h = jnp.reshape(h, (z.shape[0], h0, w0, 4 * self.width))
     h = nn.relu(nn.BatchNorm(use_running_average=not train, **_BN)(h))
     for mult in (2, 1):
-      h = nn.ConvTranspose(mult * self.width, (5, 5), (2, 2), padding='SAME')(h)
+      h = conv_lib.ConvTranspose(mult * self.width, (5, 5), (2, 2), padding='SAME')(h)
       h = nn.relu(nn.BatchNorm(use_running_average=not train, **_BN)(h))
-    h = nn.Conv(self.data_shape[2], (3, 3), padding=((1, 1), (1, 1)))(h)
+    h = nn.Conv(self.data_shape[2], (3, 3), padding=((1, 1), (1, 1)),
+                conv_general_dilated=conv_lib.conv_general_dilated)(h)
     return jnp.tanh(h)
 
 
