@@ -79,5 +79,8 @@ def validate_config(config, datasets: Iterable[str], extra_positive: Iterable[st
   if sv_batch and (sv_batch < 0 or config.train.batch_size % sv_batch):
     raise ConfigError(f'config.bounds.sv_batch = {sv_batch} must be 0 (the whole batch) or a '
                       f'divisor of config.train.batch_size = {config.train.batch_size}.')
+  if config.bounds.get('latent_chunk', 0) < 0:
+    raise ConfigError(f'config.bounds.latent_chunk = {config.bounds.latent_chunk} must be >= 0 '
+                      '(0: all Jacobian latents in one vmapped call).')
   if not (0 <= config.optim.b1 < 1 and 0 <= config.optim.b2 < 1):
     raise ConfigError('config.optim.b1 and config.optim.b2 must lie in [0, 1).')

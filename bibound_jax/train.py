@@ -248,11 +248,13 @@ def energy_loss(e_params, state: BiboundState, x_data, z, key, config):
     if bcfg.estimator == 'exact_logdet':
       vectors = None
     else:
-      sv_est = entropy.batched_log_volume(make_estimator(bcfg), gen_fn, gen_vars, z, k_est)
+      sv_est = entropy.batched_log_volume(make_estimator(bcfg), gen_fn, gen_vars, z, k_est,
+                                          bcfg.get('latent_chunk', 0))
       vectors = sv_est.vector
       aux['_sv'] = sg(sv_est)   # for the generator update (shares_sv_work); not a metric
     probes = jax.random.normal(k_probe, z.shape, z.dtype)
-    per_sample, _ = gradient_penalty.gp_fisher(energy_fn, gen_fn, gen_vars, z, probes, vectors)
+    per_sample, _ = gradient_penalty.gp_fisher(energy_fn, gen_fn, gen_vars, z, probes, vectors,
+                                               bcfg.get('latent_chunk', 0))
     aux['gp'] = jnp.mean(per_sample)
     weight = gradient_penalty.gp_weight(state.step, bcfg.gp_weight,
                                         bcfg.get('gp_weight_schedule', 'constant'))
@@ -349,7 +351,7 @@ def generator_loss(g_params, state: BiboundState, z, key, config, sv_previous=No
     gen_fn, gen_vars = per_sample_generator_fn(gen), jacobian_variables(gen, g_params, z, bcfg)
     if sv_previous is None:
       est = entropy.batched_log_volume(make_estimator(bcfg), gen_fn, gen_vars,
-                                       sv_latents(z, bcfg), key)
+                                       sv_latents(z, bcfg), key, bcfg.get('latent_chunk', 0))
     else:
       est = entropy.batched_reuse_vectors(gen_fn, gen_vars, sv_latents(z, bcfg), sv_previous)
     log_vol = jnp.mean(est.value)

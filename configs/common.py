@@ -32,6 +32,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Latents of the batch used for the Jacobian terms (entropy and GP): every (B / sv_batch)-th;
   # 0 = all. Unbiased for both means at a fraction of the cost (train.sv_latents).
   config.bounds.sv_batch = 0
+  # Latents per vmapped call of the singular-value estimator (entropy.batched_log_volume): 0 =
+  # all at once; k > 0 loops over chunks of k, for exact estimators at large d whose per-latent
+  # d-column Jacobians do not fit in memory all at once. Same values, less parallelism.
+  config.bounds.latent_chunk = 0
   # BatchNorm statistics inside the Jacobian terms: 'batch' (those of the batch that made the
   # samples, as functions of the parameters) or 'running' (the authors' running averages;
   # they let the entropy gradient inflate the weights before each BatchNorm: train.py).

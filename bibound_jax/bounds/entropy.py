@@ -265,10 +265,24 @@ def get_estimator(name: str, num_iters: int = 2, block_size: int = 1, cg_iters: 
   raise ValueError(f'Unknown entropy estimator {name!r}; valid: {", ".join(ESTIMATORS)}.')
 
 
-def batched_log_volume(estimator, fn: GenFn, params, z: Array, key: Array) -> SVEstimate:
-  """vmap an estimator over latents z (B, d), one PRNG key per sample."""
+def map_latents(fn: Callable, xs, chunk: int = 0):
+  """fn mapped over the leading axis of the arrays xs (a tuple): vmapped over all B at once
+  (chunk 0 or >= B), or `chunk` at a time in a loop (`jax.lax.map`) with each chunk
+  rematerialised in the backward pass (`jax.checkpoint`), which divides the memory of
+  per-latent d-column Jacobians (the exact estimators), forward and backward, by about B / chunk
+  for one extra forward pass. Same values."""
+  if chunk < 0:
+    raise ValueError(f'latent chunk must be >= 0 (0: all latents at once), got {chunk}.')
+  if chunk == 0 or chunk >= xs[0].shape[0]:
+    return jax.vmap(fn)(*xs)
+  return jax.lax.map(jax.checkpoint(lambda args: fn(*args)), xs, batch_size=chunk)
+
+
+def batched_log_volume(estimator, fn: GenFn, params, z: Array, key: Array,
+                       chunk: int = 0) -> SVEstimate:
+  """The estimator on each latent of z (B, d), one PRNG key per sample (`map_latents`)."""
   keys = jax.random.split(key, z.shape[0])
-  return jax.vmap(lambda zi, ki: estimator(fn, params, zi, ki))(z, keys)
+  return map_latents(lambda zi, ki: estimator(fn, params, zi, ki), (z, keys), chunk)
 
 
 def batched_reuse_vectors(fn: GenFn, params, z: Array, previous: SVEstimate) -> SVEstimate:

@@ -34,12 +34,13 @@ def manifold_score(gen_fn, gen_params, z: Array, probe: Array, v: Array | None) 
 
 
 def gp_fisher(energy_fn: Callable[[Array], Array], gen_fn, gen_params, z: Array, probes: Array,
-              vectors: Array | None = None) -> tuple[Array, Array]:
+              vectors: Array | None = None, chunk: int = 0) -> tuple[Array, Array]:
   """Per-sample 1/2 (a - s)^2 and the pair (a, s) stacked, for a batch of latents.
 
   energy_fn: batched energy x (B, ...) -> (B,), per-sample independent, differentiable in its
     parameters (closed over). gen_fn(params, z) -> x on one sample, in inference mode.
   z, probes: (B, d). vectors: (B, d) s_1 vectors, or None for the exact log-determinant.
+  chunk: latents per vmapped call of the score s (`entropy.map_latents`; 0 = all).
   """
   gen_params = sg(gen_params)
   z = sg(z)
@@ -47,10 +48,11 @@ def gp_fisher(energy_fn: Callable[[Array], Array], gen_fn, gen_params, z: Array,
   x, u = jax.vmap(one)(z, probes)
   _, a = jax.jvp(energy_fn, (sg(x),), (sg(u),))
   if vectors is None:
-    s = jax.vmap(lambda zi, pi: manifold_score(gen_fn, gen_params, zi, pi, None))(z, probes)
+    s = entropy.map_latents(lambda zi, pi: manifold_score(gen_fn, gen_params, zi, pi, None),
+                            (z, probes), chunk)
   else:
-    s = jax.vmap(lambda zi, pi, vi: manifold_score(gen_fn, gen_params, zi, pi, vi))(
-        z, probes, vectors)
+    s = entropy.map_latents(lambda zi, pi, vi: manifold_score(gen_fn, gen_params, zi, pi, vi),
+                            (z, probes, vectors), chunk)
   return 0.5 * (a - s) ** 2, jnp.stack([a, s])
 
 
