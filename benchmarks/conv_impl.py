@@ -10,6 +10,9 @@ conv 4x4/2 and a conv 3x3/1), in one process and after compilation, times what t
   GP grad kernel     d/dK ||d/dx sum(tanh(layer(x)))||^2  (gradient-penalty double backward)
 and prints the median time of each route and the ratio lax / patches (above 1: patches is faster),
 plus the largest relative difference of the results (same maths, other summation order).
+
+Then, unless --steps is empty, whole DCGAN-32 training iterations of the listed presets
+(default wgan_gp) compiled once with each route (`conv.impl_scope`) and timed alternately.
 """
 from __future__ import annotations
 
@@ -28,6 +31,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer('batch', 64, 'Batch size.')
 flags.DEFINE_integer('repeats', 3, 'Timed calls per entry (median).')
 flags.DEFINE_integer('width', 64, 'DCGAN width (channels of the widest layer / 8).')
+flags.DEFINE_list('steps', ['wgan_gp'], 'Presets whose whole CIFAR-10 DCGAN training iteration '
+                  'is timed with both routes (empty: none).')
+flags.DEFINE_integer('step_rounds', 3, 'Alternating timed iterations per route.')
 
 DN = ('NHWC', 'HWIO', 'NHWC')
 
@@ -112,6 +118,43 @@ def main(argv):
             f'{t_lax / t_conv:.2f} | {diff:.1e} |', flush=True)
   print(f'| all | sum | {1e3 * totals[0]:.1f} | {1e3 * totals[1]:.1f} | '
         f'{totals[0] / totals[1]:.2f} | |')
+  if FLAGS.steps:
+    time_steps()
+
+
+def time_steps():
+  """Whole training iterations of the CIFAR-10 DCGAN pair with each route."""
+  from benchmarks.networks import get_config
+  from bibound_jax import models, sharding, train
+  print(f'\nCIFAR-10 DCGAN training iteration (batch 64), median of {FLAGS.step_rounds}\n')
+  print('| preset | lax (s) | patches (s) | lax / patches | lax compile + 1st (s) | '
+        'patches compile + 1st (s) |')
+  print('| --- | --- | --- | --- | --- | --- |')
+  for preset in FLAGS.steps:
+    runs = {}
+    for impl in ('lax', 'patches'):
+      cfg = get_config('dcgan32', preset)
+      energy, gen = models.create_models(cfg.model, cfg.data.shape)
+      state = train.create_state(cfg, energy, gen, jax.random.key(0), cfg.data.shape)
+      state = sharding.replicate(state, sharding.make_mesh())
+      batch = jax.random.uniform(jax.random.key(1), (cfg.optim.n_critic, cfg.train.batch_size,
+                                                     *cfg.data.shape), minval=-1, maxval=1)
+      step = train.make_train_step(cfg, donate=False)
+      t = time.perf_counter()
+      with conv.impl_scope(impl):           # the route is fixed when the step is traced
+        jax.block_until_ready(step(state, batch, jax.random.key(2)))
+      runs[impl] = [step, state, batch, time.perf_counter() - t, []]
+    for _ in range(FLAGS.step_rounds):
+      for impl, run in runs.items():
+        step, state, batch, _, times = run
+        t = time.perf_counter()
+        jax.block_until_ready(step(state, batch, jax.random.key(2)))
+        times.append(time.perf_counter() - t)
+        assert step._cache_size() == 1
+    med = {impl: float(np.median(run[4])) for impl, run in runs.items()}
+    print(f"| {preset} | {med['lax']:.2f} | {med['patches']:.2f} | "
+          f"{med['lax'] / med['patches']:.2f} | {runs['lax'][3]:.0f} | "
+          f"{runs['patches'][3]:.0f} |", flush=True)
 
 
 if __name__ == '__main__':

@@ -38,6 +38,7 @@ from absl import flags
 
 from benchmarks import networks
 from bibound_jax import models
+from bibound_jax import sharding
 from bibound_jax import train
 from bibound_jax.bounds import entropy
 
@@ -84,6 +85,7 @@ def generators(network: str):
   cfg = networks.get_config(network, 'sv+gp')
   energy, gen = models.create_models(cfg.model, cfg.data.shape)
   state = train.create_state(cfg, energy, gen, jax.random.key(0), cfg.data.shape)
+  state = sharding.replicate(state, sharding.make_mesh())   # else step 2 compiles again
   if FLAGS.at_init:
     yield 'random init', cfg, state.generator
   if FLAGS.train_steps > 0:

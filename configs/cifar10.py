@@ -20,12 +20,13 @@ Choices of ours:
     always active, so L_up = L_lo + w GP is the bound that is trained and reported. With
     zeta > 0 the energy is unregularised while w GP < zeta.
   * SV estimator: LOBPCG on J^T J (128 x 128, matrix-free, J is 3072 x 128) with a block of 4
-    and 10 iterations. On a random DCGAN-32 generator it is within 0.02% of the exact s_1,
-    while 2 iterations over-estimate s_1 by ~20% and so violate the entropy "lower bound"
-    (README, Performance: `python -m benchmarks.sv_estimator --networks=dcgan32`). On one CPU
-    core `exact_smin` (d = 128 JVPs per sample and an SVD) was 2.7x cheaper than this setting;
-    LOBPCG is kept for accelerators, where it has not been timed yet. Lower
-    `bounds.num_iters` for speed only while watching `sv/residual`.
+    and 10 iterations. Within 0.02% of the exact s_1 on a random DCGAN-32 generator and 0.20%
+    after 20 training iterations, while 2 iterations over-estimate s_1 by 16-20% and so
+    violate the entropy "lower bound" (README, Performance: `python -m benchmarks.sv_estimator
+    --networks=dcgan32`). On one CPU core it costs 0.7-1.0x `exact_smin` (d = 128 JVPs per
+    sample and an SVD) and holds 12 Jacobian columns per latent instead of 128; the exact
+    estimators need `bounds.latent_chunk` to fit in memory. Not yet timed on an accelerator.
+    Lower `bounds.num_iters` for speed only while watching `sv/residual`.
   * Adam eps 1e-8 (PyTorch's default).
 """
 import ml_collections

@@ -124,6 +124,9 @@ def test_dispatch():
   """'auto' is the matrix-product route on CPU; grouped convs and bad names are handled."""
   assert jax.default_backend() != 'cpu' or conv._resolve('auto') == 'patches'
   assert conv._resolve('lax') == 'lax'
+  with conv.impl_scope('lax'):
+    assert conv._resolve('auto') == 'lax' and conv._resolve('patches') == 'patches'
+  assert conv._resolve('auto') == ('patches' if jax.default_backend() == 'cpu' else 'lax')
   with pytest.raises(ValueError, match="conv impl must be one of"):
     conv._resolve('cudnn')
   with pytest.raises(ValueError, match="padding must be 'SAME', 'VALID'"):

@@ -25,6 +25,7 @@ floating-point summation order (tests/test_conv.py: 1e-12 in float64, values and
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 from typing import Any, Sequence
 
@@ -110,11 +111,26 @@ def _dilated(x, kernel, dilation, pads, precision, preferred_element_type):
 
 
 IMPLS = ('auto', 'lax', 'patches')
+_scope = ['auto']   # what impl='auto' means inside `impl_scope`
+
+
+@contextlib.contextmanager
+def impl_scope(impl: str):
+  """Inside the block, impl='auto' (what the models use) means `impl`; it acts when a function
+  is traced, so jit-compile inside it. For comparisons such as benchmarks/conv_impl.py."""
+  _resolve(impl)
+  _scope.append(impl)
+  try:
+    yield
+  finally:
+    _scope.pop()
 
 
 def _resolve(impl: str) -> str:
   if impl not in IMPLS:
     raise ValueError(f'conv impl must be one of {IMPLS}, got {impl!r}.')
+  if impl == 'auto':
+    impl = _scope[-1]
   if impl == 'auto':
     return 'patches' if jax.default_backend() == 'cpu' else 'lax'
   return impl
