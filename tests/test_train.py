@@ -268,6 +268,14 @@ def test_latent_chunk_gives_the_same_step(estimator):
       s, metrics = step(s, _batch(c, i), jax.random.key(1))
     out.append((s, metrics))
   (s0, m0), (s1, m1) = out
+  # The chunked step really loops over rematerialised chunks (entropy.map_latents).
+  z = jax.random.normal(jax.random.key(3), (cfg.train.batch_size, 2))
+  x = _batch(cfg)[0]
+  jaxprs = [str(jax.make_jaxpr(lambda p, c=c: train.energy_loss(p, state, x, z, jax.random.key(5),
+                                                               c))(state.energy.params))
+            for c in (cfg, chunked)]
+  for primitive in ('scan', 'remat'):
+    assert jaxprs[1].count(primitive) > jaxprs[0].count(primitive), primitive
   assert 'entropy' in m0 and set(m0) == set(m1)
   for k in m0:
     np.testing.assert_allclose(m1[k], m0[k], rtol=1e-4, atol=1e-5, err_msg=k)
