@@ -125,7 +125,7 @@ def main(argv):
 def time_steps():
   """Whole training iterations of the CIFAR-10 DCGAN pair with each route."""
   from benchmarks.networks import get_config
-  from bibound_jax import models, sharding, train
+  from bibound_jax import assemble, train
   print(f'\nCIFAR-10 DCGAN training iteration (batch 64), median of {FLAGS.step_rounds}\n')
   print('| preset | lax (s) | patches (s) | lax / patches | lax compile + 1st (s) | '
         'patches compile + 1st (s) |')
@@ -134,10 +134,8 @@ def time_steps():
     runs = {}
     for impl in ('lax', 'patches'):
       cfg = get_config('dcgan32', preset)
-      energy, gen = models.create_models(cfg.model, cfg.data.shape)
-      state = train.create_state(cfg, energy, gen, jax.random.key(0), cfg.data.shape)
-      state = sharding.replicate(state, sharding.make_mesh())
-      batch = jax.random.uniform(jax.random.key(1), (cfg.optim.n_critic, cfg.train.batch_size,
+      _, state, _ = assemble.initial_state(cfg)
+      batch = jax.random.uniform(jax.random.key(1), (cfg.optim.energy_steps, cfg.train.batch_size,
                                                      *cfg.data.shape), minval=-1, maxval=1)
       step = train.make_train_step(cfg, donate=False)
       t = time.perf_counter()

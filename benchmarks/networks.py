@@ -19,6 +19,6 @@ def get_config(network: str, preset: str):
   module, arg, _ = NETWORKS[network]
   config_module = importlib.import_module(f'configs.{module}')
   cfg = config_module.get_config(','.join(a for a in (arg, preset) if a))
-  if network == 'dcgan28' and preset == 'mi+diff':
-    cfg.model.energy.name = 'time_mlp'   # no time-conditioned 28x28 CNN energy
+  if network == 'dcgan28' and preset == 'mi+diff':   # no time-conditioned 28x28 CNN energy
+    cfg.model.energy = type(cfg.model.energy)({'name': 'mlp', 'hidden': (1000, 500, 250, 250)})
   return cfg

@@ -28,8 +28,7 @@ from absl import flags
 
 from benchmarks.networks import NETWORKS
 from benchmarks.networks import get_config
-from bibound_jax import models
-from bibound_jax import sharding
+from bibound_jax import assemble
 from bibound_jax import train
 
 flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds.')
@@ -40,23 +39,23 @@ flags.DEFINE_string('pairings', '', 'Only these pairing labels, separated by ";"
 flags.DEFINE_integer('warmup', 3, 'Untimed iterations per pairing after compilation.')
 flags.DEFINE_integer('steps_per_call', 0, 'Iterations per compiled call (0: the config\'s '
                      'train.steps_per_call, as the run loop uses it).')
-flags.DEFINE_integer('latent_chunk', -1, 'bounds.latent_chunk for every pairing (-1: the '
+flags.DEFINE_integer('latent_chunk', -1, 'bounds.sv.latent_chunk for every pairing (-1: the '
                      "config's; k > 0 loops over k latents at a time, which the exact estimators "
                      'need at d = 128 on CPU to fit in memory).')
 FLAGS = flags.FLAGS
 
-# (label, preset, bounds overrides)
+# (label, preset, config.bounds.sv overrides)
 PAIRINGS = [
     ('wgan_gp', 'wgan_gp', {}),
     ('r1', 'r1', {}),
     ('none (lower only)', 'none', {}),
     ('sv+gp exact_logdet', 'sv+gp', {'estimator': 'exact_logdet'}),
     ('sv+gp exact_smin', 'sv+gp', {'estimator': 'exact_smin'}),
-    ('sv+gp exact_smin, unshared', 'sv+gp', {'estimator': 'exact_smin', 'share_sv': False}),
-    ('sv+gp exact_smin, sv_batch 16', 'sv+gp', {'estimator': 'exact_smin', 'sv_batch': 16}),
+    ('sv+gp exact_smin, unshared', 'sv+gp', {'estimator': 'exact_smin', 'share_vectors': False}),
+    ('sv+gp exact_smin, num_latents 16', 'sv+gp', {'estimator': 'exact_smin', 'num_latents': 16}),
     ('sv+gp lobpcg (2 it)', 'sv+gp', {'estimator': 'lobpcg', 'num_iters': 2}),
     ('sv+gp lobpcg (2 it), unshared', 'sv+gp', {'estimator': 'lobpcg', 'num_iters': 2,
-                                                'share_sv': False}),
+                                                'share_vectors': False}),
     ('sv+gp lobpcg (block 4, 10 it)', 'sv+gp', {'estimator': 'lobpcg', 'num_iters': 10,
                                                 'block_size': 4}),
     ('sv+gp inverse_cg (5x10)', 'sv+gp', {'estimator': 'inverse_cg', 'num_iters': 5}),
@@ -67,15 +66,13 @@ PAIRINGS = [
 def make_runner(network, preset, overrides):
   """run(n): n training iterations (a multiple of steps_per_call) on a fixed batch."""
   cfg = get_config(network, preset)
-  cfg.bounds.update(overrides)
+  cfg.bounds.sv.update(overrides)
   if FLAGS.latent_chunk >= 0:
-    cfg.bounds.latent_chunk = FLAGS.latent_chunk
-  k = FLAGS.steps_per_call or cfg.train.get('steps_per_call', 1)
-  energy, gen = models.create_models(cfg.model, cfg.data.shape)
-  state = train.create_state(cfg, energy, gen, jax.random.key(0), cfg.data.shape)
+    cfg.bounds.sv.latent_chunk = FLAGS.latent_chunk
+  k = FLAGS.steps_per_call or cfg.train.steps_per_call
   # On the mesh, as the run loop places it: a fresh host state would make the second call
   # compile again (its outputs are committed replicated arrays), inside the timed iterations.
-  state = sharding.replicate(state, sharding.make_mesh())
+  _, state, _ = assemble.initial_state(cfg)
   batch = jax.random.uniform(jax.random.key(1), (1, cfg.train.batch_size, *cfg.data.shape),
                              minval=-1.0, maxval=1.0)
   if k > 1:

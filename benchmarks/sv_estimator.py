@@ -3,13 +3,13 @@
     python -m benchmarks.sv_estimator                    # toy and CPU-sized FC: ~4 min on 2 cores
     python -m benchmarks.sv_estimator --networks=fc      # the paper's FC generator: ~10 min
     python -m benchmarks.sv_estimator --networks=dcgan32 --at_init=false --train_steps=20
-        --train_sv_batch=4 --batch=4 --iters=2,10 --blocks=4 --repeats=1   # (one line)
+        --train_num_latents=4 --batch=4 --iters=2,10 --blocks=4 --repeats=1   # (one line)
 
 For each generator (the networks of `benchmarks/networks.py`), at random initialisation and
 after `--train_steps` sv+gp iterations of the train step (toy and StackedMNIST on their own
 data; CIFAR-10 on uniform noise when its TFDS data is not prepared: the point is weights that
 moved away from init, not image quality), on `--batch` latents of one training batch with the
-batch-statistics Jacobian the train step uses (`train.jacobian_variables`), prints per estimator
+batch-statistics Jacobian the train step uses (`Generator.jacobian_variables`), prints per estimator
 and iteration count:
 
   rel. error s_1     mean of s_1 / s_1(exact SVD) - 1; positive = over-estimate = the entropy
@@ -37,8 +37,8 @@ from absl import app
 from absl import flags
 
 from benchmarks import networks
-from bibound_jax import models
-from bibound_jax import sharding
+from bibound_jax import assemble
+from bibound_jax import generator as generator_lib
 from bibound_jax import train
 from bibound_jax.bounds import entropy
 
@@ -51,9 +51,9 @@ flags.DEFINE_integer('repeats', 5, 'Timed repeats per estimator (median reported
 flags.DEFINE_list('iters', ['2', '5', '10', '20'], 'Iteration counts of the iterative estimators.')
 flags.DEFINE_list('blocks', ['1', '4'], 'LOBPCG block sizes.')
 flags.DEFINE_bool('at_init', True, 'Also probe the randomly initialised generator.')
-flags.DEFINE_integer('train_sv_batch', -1, 'bounds.sv_batch while training the probed generator '
-                     '(-1: the config\'s). A few latents make the d = 128 DCGAN trainable on CPU; '
-                     'the probe itself always uses --batch latents.')
+flags.DEFINE_integer('train_num_latents', -1, 'bounds.sv.num_latents while training the probed '
+                     'generator (-1: the config\'s). A few latents make the d = 128 DCGAN '
+                     'trainable on CPU; the probe itself always uses --batch latents.')
 FLAGS = flags.FLAGS
 
 
@@ -71,9 +71,9 @@ def _data_fn(network, cfg):
   """batch_at(step) for training: the task's own offline data, else uniform noise."""
   from experiments import tasks
   try:
-    return tasks.get_task(cfg).make_data_fn(cfg, None, 0), cfg.data.name
+    return tasks.get_task(cfg).batches(cfg, None, 0), cfg.data.name
   except (FileNotFoundError, OSError, ValueError) as e:   # e.g. CIFAR-10 not prepared
-    shape = (cfg.optim.n_critic, cfg.train.batch_size, *cfg.data.shape)
+    shape = (cfg.optim.energy_steps, cfg.train.batch_size, *cfg.data.shape)
     noise = jax.jit(lambda s: jax.random.uniform(jax.random.fold_in(jax.random.key(9), s),
                                                  shape, minval=-1.0, maxval=1.0))
     del e
@@ -83,21 +83,19 @@ def _data_fn(network, cfg):
 def generators(network: str):
   """Yields (label, config, generator TrainState): random init, then after training."""
   cfg = networks.get_config(network, 'sv+gp')
-  energy, gen = models.create_models(cfg.model, cfg.data.shape)
-  state = train.create_state(cfg, energy, gen, jax.random.key(0), cfg.data.shape)
-  state = sharding.replicate(state, sharding.make_mesh())   # else step 2 compiles again
+  _, state, _ = assemble.initial_state(cfg)   # on the mesh: else step 2 compiles again
   if FLAGS.at_init:
     yield 'random init', cfg, state.generator
   if FLAGS.train_steps > 0:
     batch_at, source = _data_fn(network, cfg)
     train_cfg = cfg.copy_and_resolve_references()
-    if FLAGS.train_sv_batch >= 0:
-      train_cfg.bounds.sv_batch = FLAGS.train_sv_batch
+    if FLAGS.train_num_latents >= 0:
+      train_cfg.bounds.sv.num_latents = FLAGS.train_num_latents
     step = train.make_train_step(train_cfg)
     for i in range(FLAGS.train_steps):
       state, _ = step(state, batch_at(i), jax.random.key(1))
-    how = (f', Jacobian terms on {FLAGS.train_sv_batch} latents'
-           if FLAGS.train_sv_batch >= 0 else '')
+    how = (f', Jacobian terms on {FLAGS.train_num_latents} latents'
+           if FLAGS.train_num_latents >= 0 else '')
     yield (f'after {FLAGS.train_steps} sv+gp iterations on {source}{how}', cfg,
            state.generator)
 
@@ -105,9 +103,9 @@ def generators(network: str):
 def frontier(label, cfg, gen) -> None:
   d = cfg.model.generator.latent_dim
   z_batch = jax.random.normal(jax.random.key(1), (cfg.train.batch_size, d))
-  variables = jax.jit(lambda g, zz: train.jacobian_variables(g, g.params, zz, cfg.bounds))(
-      gen, z_batch)
-  fn = train.per_sample_generator_fn(gen)
+  variables = jax.jit(lambda g, zz: generator_lib.Generator(g).jacobian_variables(
+      g.params, zz, cfg.bounds.sv.jacobian_bn))(gen, z_batch)
+  fn = generator_lib.Generator(gen).per_sample()
   z = z_batch[:FLAGS.batch]
 
   def runner(est):

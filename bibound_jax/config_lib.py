@@ -1,86 +1,77 @@
-"""Config validation: every bad value gets an error that names the key and the valid choices.
+"""Validation of a training config: every bad value gets an error naming the key and the fix.
 
 Unknown keys and ill-typed overrides on the command line are rejected by `ml_collections`
-itself (the config is locked and typed); this module checks the *values*.
+itself (the config is locked and typed; experiments/main.py names the key, and for a key that
+moved, its new place: `moved_key`); this module checks the *values*. Each bound checks its own
+section (bibound_jax/bounds/), the networks their keys (bibound_jax/models/registry.py).
 """
 from __future__ import annotations
 
 from typing import Iterable
 
+from bibound_jax import assemble
+from bibound_jax import bounds
 from bibound_jax import models
-from bibound_jax.bounds import entropy
-from bibound_jax.bounds import mutual_info
-from bibound_jax.train import LOWER_BOUNDS, UPPER_BOUNDS
+from bibound_jax.config_checks import ConfigError, choice, positive  # noqa: F401 (re-exported)
+
+# Keys of the flat `config.bounds` section and of renamed settings before bounds had their own
+# sections: old key -> its place now.
+MOVED_KEYS = {
+    'bounds.estimator': 'bounds.sv.estimator',
+    'bounds.num_iters': 'bounds.sv.num_iters',
+    'bounds.block_size': 'bounds.sv.block_size',
+    'bounds.cg_iters': 'bounds.sv.cg_iters',
+    'bounds.sv_batch': 'bounds.sv.num_latents',
+    'bounds.latent_chunk': 'bounds.sv.latent_chunk',
+    'bounds.jacobian_bn': 'bounds.sv.jacobian_bn',
+    'bounds.share_sv': 'bounds.sv.share_vectors',
+    'bounds.gp_weight': 'bounds.gp.weight',
+    'bounds.gp_weight_schedule': 'bounds.gp.schedule',
+    'bounds.gp_margin': 'bounds.gp.margin',
+    'bounds.r1_weight': 'bounds.r1.weight',
+    'bounds.wgan_gp_weight': 'bounds.wgan_gp.weight',
+    'bounds.mi_estimator': 'bounds.mi.estimator',
+    'bounds.mi_hidden': 'bounds.mi.hidden',
+    'bounds.mi_sigma': 'bounds.mi.sigma',
+    'bounds.mi_learn_sigma': 'bounds.mi.learn_sigma',
+    'bounds.mi_sigma_floor': 'bounds.mi.sigma_floor',
+    'bounds.diff_weight': 'bounds.diff.weight',
+    'bounds.diff_beta_min': 'bounds.diff.beta_min',
+    'bounds.diff_beta_max': 'bounds.diff.beta_max',
+    'bounds.diff_t_min': 'bounds.diff.t_min',
+    'bounds.diff_likelihood_weighting': 'bounds.diff.likelihood_weighting',
+    'bounds.diff_importance_sampling': 'bounds.diff.importance_sampling',
+    'optim.n_critic': 'optim.energy_steps',
+    'optim.lr_critic': 'optim.lr_mi_net',
+}
 
 
-class ConfigError(ValueError):
-  """A config value is invalid; the message names the key and the fix."""
-
-
-def _choice(config, key: str, valid: Iterable[str]) -> None:
-  value = _get(config, key)
-  valid = tuple(valid)
-  if value not in valid:
-    raise ConfigError(f'config.{key} = {value!r} is not valid; choose one of: '
-                      f'{", ".join(valid)}.')
-
-
-def _positive(config, key: str, allow_zero: bool = False) -> None:
-  value = _get(config, key)
-  if not isinstance(value, (int, float)) or value < 0 or (value == 0 and not allow_zero):
-    bound = '>= 0' if allow_zero else '> 0'
-    raise ConfigError(f'config.{key} = {value!r}; it must be a number {bound}.')
-
-
-def _get(config, key: str):
-  node = config
-  for part in key.split('.'):
-    if part not in node:
-      raise ConfigError(f'config.{key} is missing; the config file must define it.')
-    node = node[part]
-  return node
+def moved_key(key: str) -> str | None:
+  """The new place of an old config key (without the 'config.' prefix), or None."""
+  return MOVED_KEYS.get(key[len('config.'):] if key.startswith('config.') else key)
 
 
 def validate_config(config, datasets: Iterable[str], extra_positive: Iterable[str] = ()) -> None:
   """Check names and ranges of a training config; raise ConfigError naming the key.
 
-  `extra_positive` lists the task's own keys (e.g. the toy's eval.grid_spacing) that must be
-  numbers > 0."""
-  _choice(config, 'data.name', datasets)
-  _choice(config, 'bounds.lower', LOWER_BOUNDS)
-  _choice(config, 'bounds.upper', UPPER_BOUNDS)
-  _choice(config, 'bounds.estimator', entropy.ESTIMATORS)
-  _choice(config, 'bounds.gp_weight_schedule', ('constant', 'decay'))
-  _choice(config, 'train.nonfinite', ('stop', 'skip'))
-  if 'jacobian_bn' in config.bounds:
-    _choice(config, 'bounds.jacobian_bn', ('batch', 'running'))
-  _choice(config, 'bounds.mi_estimator', mutual_info.MI_KINDS)
-  if config.bounds.upper == 'diff' and config.model.energy.name not in models.TIME_ENERGIES:
-    raise ConfigError(
-        f"config.bounds.upper = 'diff' needs a time-conditioned energy E(x, t); "
-        f'config.model.energy.name = {config.model.energy.name!r} is not one. Choose one of: '
-        f'{", ".join(models.TIME_ENERGIES)}.')
-  if config.bounds.mi_learn_sigma and not config.bounds.mi_sigma > config.bounds.mi_sigma_floor:
-    raise ConfigError('config.bounds.mi_sigma must exceed config.bounds.mi_sigma_floor.')
-  for key in ('bounds.num_iters', 'bounds.block_size', 'bounds.cg_iters', 'optim.n_critic',
-              'train.batch_size', 'train.num_steps', 'train.log_every', 'train.eval_every',
-              'train.checkpoint_every', 'train.keep_checkpoints', 'optim.lr_energy',
-              'train.steps_per_call',
-              'eval.num_samples', 'train.divergence_gap', 'train.divergence_energy',
-              'optim.lr_generator', 'model.generator.latent_dim', *extra_positive):
-    _positive(config, key)
-  for key in ('bounds.mi_sigma', 'bounds.diff_weight', 'bounds.diff_t_min', 'optim.lr_critic',
-              'bounds.diff_beta_min', 'bounds.diff_beta_max'):
-    _positive(config, key)
-  for key in ('bounds.lambda_h', 'bounds.gp_weight', 'bounds.gp_margin', 'bounds.r1_weight',
-              'bounds.wgan_gp_weight', 'optim.grad_clip', 'optim.b1', 'optim.b2', 'optim.eps'):
-    _positive(config, key, allow_zero=True)
-  sv_batch = config.bounds.get('sv_batch', 0)
-  if sv_batch and (sv_batch < 0 or config.train.batch_size % sv_batch):
-    raise ConfigError(f'config.bounds.sv_batch = {sv_batch} must be 0 (the whole batch) or a '
-                      f'divisor of config.train.batch_size = {config.train.batch_size}.')
-  if config.bounds.get('latent_chunk', 0) < 0:
-    raise ConfigError(f'config.bounds.latent_chunk = {config.bounds.latent_chunk} must be >= 0 '
-                      '(0: all Jacobian latents in one vmapped call).')
+  `datasets` are the valid data.name values; `extra_positive` lists the task's own keys (e.g.
+  the toy's eval.grid_spacing) that must be numbers > 0."""
+  choice(config, 'data.name', datasets)
+  choice(config, 'train.nonfinite', ('stop', 'skip'))
+  bounds.validate(config)
+  choice(config, 'model.energy.name', models.ENERGIES)
+  choice(config, 'model.generator.name', models.GENERATORS)
+  positive(config, 'optim.energy_steps', 'train.batch_size', 'train.num_steps',
+           'train.log_every', 'train.eval_every', 'train.checkpoint_every',
+           'train.keep_checkpoints', 'train.steps_per_call', 'train.divergence_gap',
+           'train.divergence_energy', 'optim.lr_energy', 'optim.lr_generator',
+           'optim.lr_mi_net', 'model.generator.latent_dim', 'eval.num_samples',
+           *extra_positive)
+  positive(config, 'bounds.lambda_h', 'optim.grad_clip', 'optim.b1', 'optim.b2', 'optim.eps',
+           allow_zero=True)
   if not (0 <= config.optim.b1 < 1 and 0 <= config.optim.b2 < 1):
     raise ConfigError('config.optim.b1 and config.optim.b2 must lie in [0, 1).')
+  try:   # the networks' own keys, and a time-conditioned energy where a bound needs one
+    assemble.networks(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None

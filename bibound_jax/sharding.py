@@ -1,7 +1,7 @@
 """Data parallelism over every device of every host, through JAX's own runtime.
 
 One global device mesh with a single axis 'data'. Parameters and optimiser states are
-replicated; a batch (n_critic, B, ...) is sharded along B, so each device holds B / devices
+replicated; a batch (energy_steps, B, ...) is sharded along B, so each device holds B / devices
 examples. The train step is one `jax.jit` over the mesh: XLA inserts the all-reduces, so
 gradients are averaged over the global batch and BatchNorm statistics are computed over the
 global batch (exactly as on one device). Random numbers come from threefry with partitionable
@@ -36,7 +36,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Sharding of a batch (n_critic, B, ...): B split over the 'data' axis."""
+  """Sharding of a batch (energy_steps, B, ...): B split over the 'data' axis."""
   return NamedSharding(mesh, P(None, DATA_AXIS))
 
 
@@ -58,7 +58,7 @@ def per_device_batch(global_batch: int, mesh: Mesh) -> int:
 
 
 def global_batch(local_batch, mesh: Mesh) -> jax.Array:
-  """The global (n_critic, B, ...) array from this process's (n_critic, B / processes, ...)."""
+  """The global (energy_steps, B, ...) array from this process's (energy_steps, B / processes, ...)."""
   return jax.make_array_from_process_local_data(batch_sharding(mesh), local_batch)
 
 

@@ -1,4 +1,4 @@
-"""CIFAR-10 with the authors' DCGAN pair (DESIGN.md section 7).
+"""CIFAR-10 with the authors' DCGAN pair.
 
     python -m experiments.main --config=configs/cifar10.py --workdir=/tmp/cifar10 \
         --config.data.data_dir=$HOME/tensorflow_datasets
@@ -6,7 +6,7 @@
 
 The optional argument is a comma-separated list of bound presets and/or an image data set:
   sv+gp (default), mi+diff, none, r1, wgan_gp   the bound pairing (configs/common.py); mi+diff
-           uses the time-conditioned DCGAN energy (time_dcgan)
+           uses the time-conditioned DCGAN energy (TimeDCGANEnergy)
   cifar10, svhn_cropped, cifar100, imagenet32, celeb_a (64x64): the training set
 Any field can be overridden on the command line, e.g. --config.train.num_steps=1000.
 
@@ -22,11 +22,11 @@ Choices of ours:
   * SV estimator: LOBPCG on J^T J (128 x 128, matrix-free, J is 3072 x 128) with a block of 4
     and 10 iterations. Within 0.02% of the exact s_1 on a random DCGAN-32 generator and 0.20%
     after 20 training iterations, while 2 iterations over-estimate s_1 by 16-20% and so
-    violate the entropy "lower bound" (README, Performance: `python -m benchmarks.sv_estimator
+    violate the entropy "lower bound" (docs/performance.md: `python -m benchmarks.sv_estimator
     --networks=dcgan32`). On one CPU core it costs 0.7-1.0x `exact_smin` (d = 128 JVPs per
     sample and an SVD) and holds 12 Jacobian columns per latent instead of 128; the exact
-    estimators need `bounds.latent_chunk` to fit in memory. Not yet timed on an accelerator.
-    Lower `bounds.num_iters` for speed only while watching `sv/residual`.
+    estimators need `bounds.sv.latent_chunk` to fit in memory. Not yet timed on an accelerator.
+    Lower `bounds.sv.num_iters` for speed only while watching `sv/residual`.
   * Adam eps 1e-8 (PyTorch's default).
 """
 import ml_collections
@@ -43,16 +43,23 @@ DATASETS = {
 }
 
 
+def _dataset(name):
+  def set_data(config):
+    config.data.name = name
+    config.data.shape = DATASETS[name]
+  return set_data
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = common.base_config()
   config.bounds.lambda_h = 1e-4
-  config.bounds.estimator = 'lobpcg'
-  config.bounds.num_iters = 10
-  config.bounds.block_size = 4
-  config.bounds.gp_weight_schedule = 'constant'
-  config.bounds.gp_weight = 1e-3
-  config.bounds.gp_margin = 0.0
-  config.bounds.mi_hidden = (512, 512)
+  config.bounds.sv.estimator = 'lobpcg'
+  config.bounds.sv.num_iters = 10
+  config.bounds.sv.block_size = 4
+  config.bounds.gp.schedule = 'constant'
+  config.bounds.gp.weight = 1e-3
+  config.bounds.gp.margin = 0.0
+  config.bounds.mi.hidden = (512, 512)
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'cifar10'
@@ -68,7 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.optim.lr_energy = 5e-5
   config.optim.lr_generator = 5e-5
-  config.optim.lr_critic = 5e-5
+  config.optim.lr_mi_net = 5e-5
   config.optim.b1 = 0.0
   config.optim.b2 = 0.999
   config.optim.eps = 1e-8
@@ -90,13 +97,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.inception_weights = ''     # '': inception_weights.default_weights_path()
   config.eval.stats_dir = ''             # reference statistics ('': ~/.cache/bibound_jax/fid_stats)
 
-  if arg:
-    for token in arg.split(','):
-      token = token.strip()
-      if token in DATASETS:
-        config.data.name = token
-        config.data.shape = DATASETS[token]
-      elif not common.apply_preset(config, token):
-        raise ValueError(f'configs/cifar10.py: unknown argument {token!r}; valid data sets: '
-                         f'{", ".join(DATASETS)}; bound presets: {", ".join(common.PRESETS)}.')
+  common.parse_arg(config, arg, 'configs/cifar10.py',
+                   {name: _dataset(name) for name in DATASETS})
   return config

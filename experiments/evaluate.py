@@ -8,7 +8,7 @@ matches the config saved with it (as a resumed run would), and runs the evaluato
 `eval.num_samples` samples and the sample grid, for the toy sets the densities and the
 likelihood sandwich, for images the sample grid, energies and FID/IS. Evaluation overrides
 (e.g. --config.eval.num_samples=50000) are allowed; the files land in DIR/eval as during
-training.
+training. Nothing in checkpoints/ is written or removed.
 """
 import sys
 
@@ -26,35 +26,20 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   """Restore checkpoint `step` (None: the latest) of `workdir` and evaluate it; returns the
-  scalars. Raises CheckpointError when there is no checkpoint to evaluate."""
-  import os
-
-  import jax
-  from bibound_jax import config_lib
-  from bibound_jax import models
-  from bibound_jax import sharding
-  from bibound_jax import train
-  from experiments import run
+  scalars. Raises CheckpointError when there is no such checkpoint."""
+  from bibound_jax import assemble
+  from experiments import checkpoints
   from experiments import tasks
 
-  task = tasks.get_task(config) if tasks.task_name(config.data.name) else None
-  config_lib.validate_config(config, tasks.ALL_DATASETS,
-                             extra_positive=getattr(task, 'POSITIVE_KEYS', ()))
-  mesh = sharding.make_mesh()
-  energy_model, gen_model = models.create_models(config.model, config.data.shape)
-  rng = jax.random.key(config.seed)
-  state = train.create_state(config, energy_model, gen_model, rng, config.data.shape)
-  state, rng = sharding.replicate((state, rng), mesh)
-  manager = run.checkpoint_manager(workdir, config, create=False)
-  restored = run.restore_checkpoint(manager, state, rng, step=step, config=config)
-  if restored is None:
-    raise run.CheckpointError(f'No checkpoint in {os.path.join(workdir, "checkpoints")} to '
-                              'evaluate: train first with python -m experiments.main.')
-  state, _ = restored
-  step = int(state.step)
-  evaluator = task.Evaluator(config, energy_model, gen_model)
-  scalars = evaluator.evaluate(state, step, workdir, os.path.join(workdir, 'metrics.jsonl'))
-  manager.close()
+  task = tasks.validate(config)
+  nets, state, rng = assemble.initial_state(config)
+  manager = checkpoints.open_manager(workdir, read_only=True)
+  try:
+    step = checkpoints.choose_step(manager, step)
+    state, _ = checkpoints.restore(manager, state, rng, step=step, config=config)
+  finally:
+    manager.close()
+  scalars = task.evaluator(config, nets).evaluate(state, step, workdir)
   return dict(step=step, **scalars)
 
 
@@ -62,10 +47,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected command-line arguments: {argv[1:]}')
   from bibound_jax import config_lib
-  from experiments import run
+  from experiments import checkpoints
   try:
     scalars = evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.step)
-  except (config_lib.ConfigError, run.CheckpointError) as e:
+  except (config_lib.ConfigError, checkpoints.CheckpointError) as e:
     sys.exit(f'error: {e}')
   width = max(len(k) for k in scalars)
   for key, value in scalars.items():

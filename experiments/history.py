@@ -1,8 +1,10 @@
-"""The evaluation record shared by every task: workdir/eval/metrics_<step>.json and history.json.
+"""The records of a run, written and read here only:
 
-`record(workdir, step, metrics)` writes both and returns the history (evaluations up to `step`);
-`truncate(workdir, step)` forgets evaluations after `step` when a run resumes from an earlier
-checkpoint.
+  workdir/metrics.jsonl          the training scalars of every log step (one JSON line each);
+  workdir/eval/metrics_<step>.json, workdir/eval/history.json
+                                 every evaluation (one record per evaluated step).
+
+When a run resumes from an earlier checkpoint, `truncate` forgets what was written after it.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import json
 import os
 
 HISTORY = 'history.json'
+METRICS_LOG = 'metrics.jsonl'
 
 
 def eval_dir(workdir: str) -> str:
@@ -18,6 +21,8 @@ def eval_dir(workdir: str) -> str:
   os.makedirs(path, exist_ok=True)
   return path
 
+
+# -- evaluations
 
 def load(workdir: str) -> list[dict]:
   """The evaluations recorded so far ([] when there are none)."""
@@ -33,12 +38,6 @@ def _write(workdir: str, history: list[dict]) -> None:
     json.dump(history, f, indent=1)
 
 
-def truncate(workdir: str, max_step: int) -> None:
-  """Forget evaluations after `max_step` (the restored checkpoint does not hold them)."""
-  if os.path.isdir(os.path.join(workdir, 'eval')):
-    _write(workdir, [h for h in load(workdir) if h['step'] <= max_step])
-
-
 def record(workdir: str, step: int, metrics: dict) -> list[dict]:
   """Write metrics_<step>.json, replace any record at or after `step`; returns the history."""
   entry = dict(step=step, **metrics)
@@ -49,9 +48,35 @@ def record(workdir: str, step: int, metrics: dict) -> list[dict]:
   return history
 
 
-def read_jsonl(path: str) -> list[dict]:
-  """The records of a JSON-lines file such as workdir/metrics.jsonl ([] when it is missing)."""
+# -- training scalars
+
+def metrics_path(workdir: str) -> str:
+  return os.path.join(workdir, METRICS_LOG)
+
+
+def append_metrics(workdir: str, step: int, scalars: dict) -> None:
+  """Append one log step's scalars to workdir/metrics.jsonl."""
+  with open(metrics_path(workdir), 'a') as f:
+    f.write(json.dumps(dict(step=step, **scalars)) + '\n')
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The records of workdir/metrics.jsonl ([] when it is missing)."""
+  path = metrics_path(workdir)
   if not os.path.exists(path):
     return []
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+# -- resuming
+
+def truncate(workdir: str, max_step: int) -> None:
+  """Forget training scalars and evaluations after `max_step` (the restored checkpoint does
+  not hold that work)."""
+  if os.path.exists(metrics_path(workdir)):
+    records = [r for r in read_metrics(workdir) if r['step'] <= max_step]
+    with open(metrics_path(workdir), 'w') as f:
+      f.writelines(json.dumps(r) + '\n' for r in records)
+  if os.path.isdir(os.path.join(workdir, 'eval')):
+    _write(workdir, [h for h in load(workdir) if h['step'] <= max_step])

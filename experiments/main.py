@@ -8,7 +8,12 @@ Flags:
              same workdir resumes from the latest checkpoint.
 """
 import logging as pylogging
+import os
 import sys
+
+# TensorFlow (imported by the TensorBoard writer and the TFDS pipelines) prints C++ notices
+# (oneDNN, CPU instructions) at import: keep its warnings and errors only.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app
 from absl import flags
@@ -27,11 +32,17 @@ flags.DEFINE_integer('process_id', None, 'This process (with --coordinator_addre
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-class _QuietLibraries(pylogging.Filter):
-  """Keep orbax's per-save INFO chatter out of the run log (warnings still pass)."""
+class _OwnLines(pylogging.Filter):
+  """INFO lines from this project and clu's metric and progress writers only; warnings and
+  errors from anywhere (orbax's per-save notes, JAX's backend probes, matplotlib's font cache
+  are dropped)."""
+  SOURCES = (f'{os.sep}bibound_jax{os.sep}', f'{os.sep}experiments{os.sep}',
+             f'{os.sep}benchmarks{os.sep}', f'clu{os.sep}metric_writers{os.sep}',
+             f'clu{os.sep}platform{os.sep}')
 
   def filter(self, record):
-    return record.levelno >= pylogging.WARNING or '/orbax/' not in record.pathname
+    return (record.levelno >= pylogging.WARNING
+            or any(s in record.pathname for s in self.SOURCES))
 
 
 def _unknown_key_message(argv, error) -> str:
@@ -46,10 +57,16 @@ def _unknown_key_message(argv, error) -> str:
     config = module.get_config(variant) if variant else module.get_config()
   except Exception:  # pylint: disable=broad-except
     return f'a --config override names a key the config does not have ({error})'
+  from bibound_jax import config_lib
   for arg in argv:
     if not arg.startswith('--config.'):
       continue
-    node, keys = config, arg[len('--config.'):].split('=', 1)[0].split('.')
+    key = arg[len('--config.'):].split('=', 1)[0]
+    moved = config_lib.moved_key(key)
+    if moved is not None:
+      return (f'--config.{key}: this key moved to config.{moved}; pass '
+              f'--config.{moved}=... instead.')
+    node, keys = config, key.split('.')
     for i, key in enumerate(keys):
       if not hasattr(node, 'keys') or key not in node:
         where = '.'.join(['config'] + keys[:i])
@@ -74,11 +91,12 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected command-line arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  # Imported here so that --help and flag errors do not wait for JAX and TensorFlow.
+  logging.get_absl_handler().addFilter(_OwnLines())
+  # Imported here so that --help and flag errors do not wait for the run loop and TensorFlow.
   import jax
   from bibound_jax import config_lib
   from bibound_jax import sharding
+  from experiments import checkpoints
   from experiments import run
 
   sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
@@ -87,7 +105,7 @@ def main(argv):
                jax.local_devices())
   try:
     run.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (config_lib.ConfigError, run.CheckpointError, run.NonFiniteError,
+  except (config_lib.ConfigError, checkpoints.CheckpointError, checkpoints.NonFiniteError,
           FileNotFoundError) as e:
     # Bad input (including data that is not prepared: the message names the `tfds build`
     # command) or a diverged run: one clear message, no traceback, exit status 1.

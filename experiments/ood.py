@@ -1,4 +1,4 @@
-"""Out-of-distribution detection with a trained energy, s(x) = -E(x) (DESIGN.md section 6).
+"""Out-of-distribution detection with a trained energy, s(x) = -E(x).
 
     python -m experiments.ood --config=configs/cifar10.py --workdir=DIR \
         [--ood=svhn_cropped,cifar100,uniform,constant] [--step=N] [--num_examples=N] \
@@ -10,7 +10,8 @@ bibound_jax/metrics/ood.py) as a markdown table and writes DIR/eval/ood_<step>.j
 
 --config is the run's config, with the run's overrides; without it the config saved in the
 checkpoint is used. Only the TFDS location (data.data_dir, data.download) and the keys a
-resumed run may change (experiments/run.py: RESUMABLE_KEYS) may differ from the saved config.
+resumed run may change (experiments/checkpoints.py: RESUMABLE_KEYS) may differ from the saved
+config. The checkpoints are opened read-only.
 
 OOD sets: any TFDS image set of bibound_jax/data/images.py (its test split, resized to the
 model's image size when it differs; the in-distribution set itself is dropped from the list),
@@ -28,21 +29,20 @@ import sys
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from bibound_jax import config_lib
-from bibound_jax import models
+from bibound_jax import assemble
 from bibound_jax import sharding
 from bibound_jax import train
 from bibound_jax.data import images
 from bibound_jax.metrics import fid
 from bibound_jax.metrics import ood
-from experiments import image_eval
-from experiments import run
+from experiments import checkpoints
+from experiments import evaluation
+from experiments import history
 
 SYNTHETIC = ('uniform', 'constant')
 DEFAULT_OOD = ('svhn_cropped', 'cifar100', 'uniform', 'constant')
@@ -73,50 +73,31 @@ def ood_names(requested, in_distribution: str) -> list[str]:
   return [n for n in requested if canonical(n) != canonical(in_distribution)]
 
 
-def _checkpoint_step(manager, step: int | None) -> int:
-  steps = list(manager.all_steps())
-  if not steps:
-    raise run.CheckpointError(f'No checkpoint in {manager.directory}: train the run first.')
-  if step is None:
-    return max(steps)
-  if step not in steps:
-    raise run.CheckpointError(f'No checkpoint of step {step} in {manager.directory}; '
-                              f'available: {", ".join(map(str, sorted(steps)))}.')
-  return step
-
-
 def restore(workdir: str, config=None, step: int | None = None):
-  """(config, energy model, energy params (host), step) from the run's checkpoint."""
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(ckpt_dir):
-    raise run.CheckpointError(f'No checkpoints in {workdir} (looked for {ckpt_dir}).')
-  # Read only: nothing is saved, so nothing is ever pruned.
-  manager = run.checkpoint_manager(workdir, ml_collections.ConfigDict(
-      {'train': {'keep_checkpoints': 1000}}))
-  step = _checkpoint_step(manager, step)
-  saved = manager.restore(step, args=ocp.args.Composite(
-      config=ocp.args.JsonRestore()))['config']
-  if config is None:
-    config = ml_collections.ConfigDict(saved)
-    config.data.shape = tuple(config.data.shape)
-  else:
-    diffs = [d for d in run.config_differences(saved, config.to_dict())
-             if d.split(':')[0] not in DATA_LOCATION_KEYS]
-    if diffs:
-      raise run.CheckpointError(
-          f'--config differs from the config of the checkpoint in {workdir}:\n  '
-          + '\n  '.join(diffs) + '\nPass the run\'s overrides too, or leave out --config.')
-  energy_model, gen_model = models.create_models(config.model, config.data.shape)
-  # The structure only (no initialisation), replicated on this host's devices.
-  rep = sharding.replicated(sharding.make_mesh())
-  abstract = jax.eval_shape(lambda k: train.create_state(config, energy_model, gen_model, k,
-                                                         config.data.shape),
-                            jax.random.key(config.seed))
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
-                          abstract)
-  state, _ = run.restore_checkpoint(manager, abstract, jax.random.key(0), step=step)
-  manager.close()
-  return config, energy_model, jax.device_get(state.energy.params), step
+  """(config, energy module, energy params (host), step) from the run's checkpoint."""
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise checkpoints.CheckpointError(
+        f'No checkpoints in {workdir} (looked for {os.path.join(workdir, "checkpoints")}).')
+  manager = checkpoints.open_manager(workdir, read_only=True)
+  try:
+    step = checkpoints.choose_step(manager, step)
+    if config is None:
+      config = ml_collections.ConfigDict(checkpoints.saved_config(manager, step))
+      config.data.shape = tuple(config.data.shape)
+    else:
+      checkpoints.check_config(manager, step, config,
+                               checkpoints.RESUMABLE_KEYS + DATA_LOCATION_KEYS)
+    nets = assemble.networks(config)
+    # The structure only (no initialisation), replicated on this host's devices.
+    rep = sharding.replicated(sharding.make_mesh())
+    abstract = jax.eval_shape(lambda k: train.create_state(config, nets, k),
+                              jax.random.key(config.seed))
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
+                            abstract)
+    state, _ = checkpoints.restore(manager, abstract, jax.random.key(0), step=step)
+  finally:
+    manager.close()
+  return config, nets.energy, jax.device_get(state.energy.params), step
 
 
 def evaluate_ood(workdir: str, config=None, ood_sets=DEFAULT_OOD, step: int | None = None,
@@ -130,16 +111,16 @@ def evaluate_ood(workdir: str, config=None, ood_sets=DEFAULT_OOD, step: int | No
   config, energy_model, params, step = restore(workdir, config, step)
   name, shape = config.data.name, tuple(config.data.shape)
   batch = config.eval.batch_size
-  data_dir = data_dir or image_eval._data_dir(config)  # pylint: disable=protected-access
+  data_dir = data_dir or config.data.data_dir or None
   download = config.data.download
-  energy = jax.jit(lambda p, x: energy_model.apply({'params': p}, x))
+  energy = evaluation.jit_energy(energy_model)
 
   def scores(batches):
     return -fid.compute_features(energy, params, batches, batch)
 
   spec = images.resolve(name)
-  s_in = scores(image_eval.image_batches(name, spec.eval_split, num_examples, batch, data_dir,
-                                         download))
+  s_in = scores(images.image_batches(name, spec.eval_split, num_examples, batch, data_dir,
+                                    download))
   result = {'step': step, 'in_distribution': name, 'num_in': int(s_in.size),
             'energy_in': float(-np.mean(s_in)), 'ood': {}}
   for ood_name in ood_names(ood_sets, name):
@@ -148,14 +129,12 @@ def evaluate_ood(workdir: str, config=None, ood_sets=DEFAULT_OOD, step: int | No
       s_out = scores(x[i:i + batch] for i in range(0, len(x), batch))
     else:
       ood_spec = images.resolve(ood_name)
-      s_out = scores(image_eval.image_batches(ood_name, ood_spec.eval_split, num_examples, batch,
-                                              data_dir, download, image_size=shape[0]))
+      s_out = scores(images.image_batches(ood_name, ood_spec.eval_split, num_examples, batch,
+                                          data_dir, download, image_size=shape[0]))
     result['ood'][ood_name] = dict(ood.ood_metrics(s_in, s_out), num=int(s_out.size),
                                    energy=float(-np.mean(s_out)))
     logging.info('OOD %s vs %s: %s', name, ood_name, result['ood'][ood_name])
-  out = os.path.join(workdir, 'eval')
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, f'ood_{step}.json'), 'w') as f:
+  with open(os.path.join(history.eval_dir(workdir), f'ood_{step}.json'), 'w') as f:
     json.dump(result, f, indent=1)
   return result
 
@@ -172,7 +151,7 @@ def command(workdir: str, config=None, ood_sets=DEFAULT_OOD, step: int | None = 
   """`evaluate_ood`, then print the table (0); bad input or missing data: 'error: ...' (1)."""
   try:
     result = evaluate_ood(workdir, config, ood_sets, step, num_examples, data_dir)
-  except (FileNotFoundError, ValueError, config_lib.ConfigError, run.CheckpointError) as e:
+  except (FileNotFoundError, ValueError, checkpoints.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   print(format_result(result))

@@ -1,55 +1,91 @@
-"""Which data pipeline and evaluator a run uses, chosen by `config.data.name`.
+"""Which data and evaluator a run uses, chosen by `config.data.name`: the task table.
 
-A task is a module with:
-  DATASETS                      the `config.data.name` values it serves;
-  POSITIVE_KEYS                 config keys (beyond the common ones) that must be > 0;
-  make_data_fn(config, mesh, start_step) -> batch_at(step): the batch of iteration `step`
-                                (0-based), an array (n_critic, B, *data.shape) with
-                                `sharding.batch_sharding(mesh)`. The loop calls it with
-                                consecutive steps from `start_step`;
-  Evaluator(config, energy_model, gen_model) with
-                                `evaluate(state, step, workdir, metrics_path) -> dict` writing
-                                its files under workdir/eval (the record of evaluations through
-                                experiments/history.py) and returning scalars.
-
-Tasks: 'toy' (experiments/toy_eval.py), 'stackedmnist' (experiments/mnist_eval.py), 'image'
-(experiments/image_eval.py). Modules are imported on first use, so a toy run never imports
-TensorFlow.
+A task has
+  datasets        the `config.data.name` values it serves;
+  batches         (config, mesh, start_step) -> batch_at(step): the batch of iteration `step`
+                  (0-based), an array (energy_steps, B, *data.shape) in
+                  `sharding.batch_sharding(mesh)`; the loop calls it with consecutive steps
+                  from `start_step` (bibound_jax/data/);
+  evaluator       the Evaluator class (experiments/evaluation.py);
+  positive_keys   its config keys that must be > 0;
+  validate        its own config checks (ConfigError naming the key).
+No module here imports TensorFlow: the image pipelines import it when they are built.
 """
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
+import dataclasses
+from typing import Callable
 
+from absl import logging
+
+from bibound_jax import config_checks
+from bibound_jax import config_lib
 from bibound_jax.data import images as image_data
+from bibound_jax.data import mnist as mnist_data
 from bibound_jax.data import toy as toy_data
+from experiments import image_eval
+from experiments import mnist_eval
+from experiments import toy_eval
 
-TASK_MODULES = {
-    'toy': 'experiments.toy_eval',
-    'stackedmnist': 'experiments.mnist_eval',
-    'image': 'experiments.image_eval',
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  datasets: tuple[str, ...]
+  batches: Callable
+  evaluator: type
+  positive_keys: tuple[str, ...] = ()
+  validate: Callable = lambda config: None
+
+
+def _toy_batches(config, mesh, start_step):
+  del start_step   # a pure function of (seed, step)
+  return toy_data.batch_fn(config.data.name, config.seed, config.optim.energy_steps,
+                           config.train.batch_size, mesh)
+
+
+def _stackedmnist_batches(config, mesh, start_step):
+  del start_step   # a pure function of (seed, step)
+  images, labels, source = mnist_eval.load_digits(config)
+  logging.info('StackedMNIST from %d %s digits.', len(labels), source)
+  return mnist_data.batch_fn(images, config.seed, config.optim.energy_steps,
+                             config.train.batch_size, mesh)
+
+
+def _image_batches(config, mesh, start_step):
+  return image_data.batch_stream(config.data.name, config.seed, start_step,
+                                 config.optim.energy_steps, config.train.batch_size, mesh,
+                                 config.data.data_dir or None, config.data.download)
+
+
+TASKS = {
+    'toy': Task(tuple(toy_data.DATASETS), _toy_batches, toy_eval.ToyEvaluator,
+                ('eval.grid_spacing', 'eval.gp_samples')),
+    'stackedmnist': Task(
+        ('stackedmnist',), _stackedmnist_batches, mnist_eval.StackedMNISTEvaluator,
+        ('eval.batch_size', 'eval.num_data', 'eval.grid_samples', 'eval.classifier_steps'),
+        lambda config: config_checks.choice(config, 'data.source', mnist_data.SOURCES)),
+    'image': Task(
+        tuple(image_data.DATASETS) + tuple(image_data.ALIASES), _image_batches,
+        image_eval.ImageEvaluator,
+        ('eval.batch_size', 'eval.grid_samples', 'eval.energy_samples', 'eval.prd_runs'),
+        image_eval.check_shape),
 }
-TASK_DATASETS = {
-    'toy': tuple(toy_data.DATASETS),
-    'stackedmnist': ('stackedmnist',),
-    'image': tuple(image_data.DATASETS) + tuple(image_data.ALIASES),
-}
-ALL_DATASETS = tuple(name for names in TASK_DATASETS.values() for name in names)
+ALL_DATASETS = tuple(name for task in TASKS.values() for name in task.datasets)
 
 
-def task_name(dataset: str) -> str | None:
-  """The task serving `dataset`, or None."""
-  for task, names in TASK_DATASETS.items():
-    if dataset in names:
+def get_task(config) -> Task:
+  """The task serving `config.data.name` (ConfigError naming the valid data sets)."""
+  for task in TASKS.values():
+    if config.data.name in task.datasets:
       return task
-  return None
+  config_checks.choice(config, 'data.name', ALL_DATASETS)
+  raise AssertionError('unreachable')
 
 
-def get_task(config) -> ModuleType:
-  """The task module for `config.data.name` (see the module docstring)."""
-  name = task_name(config.data.name)
-  if name is None:
-    # validate_config names the key and the choices; this is for callers that skip it.
-    raise ValueError(f'config.data.name = {config.data.name!r} is not valid; choose one of: '
-                     f'{", ".join(ALL_DATASETS)}.')
-  return importlib.import_module(TASK_MODULES[name])
+def validate(config) -> Task:
+  """Check the config for its task (config_lib.validate_config plus the task's own checks);
+  returns the task."""
+  task = get_task(config)
+  config_lib.validate_config(config, ALL_DATASETS, task.positive_keys)
+  task.validate(config)
+  return task

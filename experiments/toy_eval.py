@@ -1,6 +1,6 @@
 """Evaluation of a 2-D toy run: samples, densities, mode metrics and the likelihood sandwich.
 
-In 2-D everything in DESIGN.md section 1 is computable:
+In 2-D every quantity of the objective (docs/bounds.md, "The objective") is computable:
     log Z        by quadrature of exp(-E) on a grid over [-4L, 4L]^2 (spacing 0.02; `z_edge_mass`
                  is the model mass in its outer band: large means log Z is truncated),
     NLL          = E_data[E] + log Z,
@@ -16,9 +16,8 @@ sandwich.png, metrics_<step>.json, history.json and toy_eval.npz (`samples` 10,0
 """
 from __future__ import annotations
 
-import functools
-import math
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -28,43 +27,23 @@ import numpy as np
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bibound_jax import sharding  # noqa: E402
-from bibound_jax import train  # noqa: E402
+from bibound_jax import generator as generator_lib  # noqa: E402
 from bibound_jax.bounds import entropy  # noqa: E402
 from bibound_jax.bounds import gradient_penalty  # noqa: E402
 from bibound_jax.data import toy as toy_data  # noqa: E402
 from bibound_jax.metrics import toy as toy_metrics  # noqa: E402
+from experiments import evaluation  # noqa: E402
 from experiments import history as history_lib  # noqa: E402
-
-DATASETS = tuple(toy_data.DATASETS)
-POSITIVE_KEYS = ('eval.grid_spacing', 'eval.gp_samples')
-
-
-def make_data_fn(config, mesh=None, start_step: int = 0):
-  """batch_at(step) -> (n_critic, B, 2): a pure function of (seed, step), jit-compiled and
-  produced directly in its batch sharding (each device generates its own slice), so a resumed
-  run sees exactly the batches of an uninterrupted one (`start_step` is not needed)."""
-  del start_step
-  name, n_critic, batch = config.data.name, config.optim.n_critic, config.train.batch_size
-  data_key = jax.random.fold_in(jax.random.key(config.seed), 1)
-  mesh = sharding.make_mesh() if mesh is None else mesh
-
-  @functools.partial(jax.jit, out_shardings=sharding.batch_sharding(mesh))
-  def batch_at(step):
-    key = jax.random.fold_in(data_key, step)
-    return toy_data.sample(name, key, n_critic * batch).reshape(n_critic, batch, -1)
-  return batch_at
-
 
 def _chunked(fn, x, chunk=65536):
   return np.concatenate([np.asarray(fn(x[i:i + chunk])) for i in range(0, len(x), chunk)])
 
 
-class ToyEvaluator:
+class ToyEvaluator(evaluation.Evaluator):
   """Evaluates a toy run at fixed evaluation noise (comparable across steps and runs)."""
 
-  def __init__(self, config, energy_model, gen_model):
-    self.config = config
+  def __init__(self, config, networks):
+    super().__init__(config, networks)
     self.name = config.data.name
     ecfg = config.eval
     self.half_width = max(2.0, toy_data.eval_box(self.name))
@@ -84,18 +63,15 @@ class ToyEvaluator:
     self.x_data = toy_data.sample(self.name, k_data, ecfg.num_samples)
     self.gp_z = self.z[:ecfg.gp_samples]
     self.gp_probes = jax.random.normal(k_gp, self.gp_z.shape)
-    self.energy_model, self.gen_model = energy_model, gen_model
-    self._energy = jax.jit(lambda p, x: energy_model.apply({'params': p}, x))
-    self._generate = jax.jit(lambda g, z: train.generate(g, z, train=False)[0])
     self._log_volume = jax.jit(lambda g, z, k: entropy.batched_log_volume(
-        entropy.exact_logdet, train.inference_generator_fn(g), g.params, z, k).value)
-    est = train.make_estimator(config.bounds)
+        entropy.exact_logdet, generator_lib.inference_fn(g), g.params, z, k).value)
+    est = entropy.JacobianTerms(config.bounds.sv).estimator
     self._est_log_volume = jax.jit(lambda g, z, k: entropy.batched_log_volume(
-        est, train.inference_generator_fn(g), g.params, z, k).value)
+        est, generator_lib.inference_fn(g), g.params, z, k).value)
 
     def gp(e_params, g, z, probes):
-      energy_fn = lambda x: energy_model.apply({'params': e_params}, x)
-      per_sample, _ = gradient_penalty.gp_fisher(energy_fn, train.inference_generator_fn(g),
+      energy_fn = lambda x: networks.energy.apply({'params': e_params}, x)
+      per_sample, _ = gradient_penalty.gp_fisher(energy_fn, generator_lib.inference_fn(g),
                                                  g.params, z, probes, None)
       return jnp.mean(per_sample)
     self._gp = jax.jit(gp)
@@ -106,15 +82,14 @@ class ToyEvaluator:
       self._log_p_data = toy_data.log_density(self.name, self.grid)
     return self._log_p_data
 
-  def compute(self, state: train.BiboundState) -> tuple[dict, dict]:
-    """(scalar metrics, arrays) for the current state."""
+  def compute(self, state, workdir: str) -> tuple[dict, dict]:
+    """(scalar metrics, arrays) for a host copy of the state."""
+    del workdir
     cfg = self.config
-    # Evaluate on this host's default device: the replicated state comes to the host once.
-    state = jax.device_get(state)
     e_params, gen = state.energy.params, state.generator
     samples = np.asarray(self._generate(gen, self.z))
-    energy_grid = _chunked(lambda x: self._energy(e_params, x), self.grid)
-    energy_z = _chunked(lambda x: self._energy(e_params, x), self.z_grid)
+    energy_grid = self.energies(e_params, self.grid, 65536)
+    energy_z = self.energies(e_params, self.z_grid, 65536)
     log_z = float(toy_metrics.grid_log_normaliser(-energy_z, self.z_cell_area))
     edge = np.max(np.abs(self.z_grid), axis=1) > 3.5 * self.half_width
     log_w = -energy_z + np.log(self.z_cell_area) - log_z
@@ -127,13 +102,14 @@ class ToyEvaluator:
     h_est = entropy.gaussian_entropy(d) + float(np.mean(
         _chunked(lambda z: self._est_log_volume(gen, z, self.k_est), self.z, 2048)))
     gp = float(self._gp(e_params, gen, self.gp_z, self.gp_probes))
-    weight = float(gradient_penalty.gp_weight(int(state.step), cfg.bounds.gp_weight,
-                                              cfg.bounds.gp_weight_schedule))
-    upper_term = max(weight * gp - cfg.bounds.gp_margin, 0.0)
+    weight = float(gradient_penalty.gp_weight(int(state.step), cfg.bounds.gp.weight,
+                                              cfg.bounds.gp.schedule))
+    upper_term = max(weight * gp - cfg.bounds.gp.margin, 0.0)
     nll = e_data + log_z
     lower = e_data - e_fake + h_exact
     m = {
-        'nll': nll, 'log_z': log_z, 'z_edge_mass': z_edge_mass, 'energy_real': e_data, 'energy_fake': e_fake,
+        'nll': nll, 'log_z': log_z, 'z_edge_mass': z_edge_mass, 'energy_real': e_data,
+        'energy_fake': e_fake,
         'entropy_exact': h_exact, 'entropy_estimator': h_est,
         'lower_bound': lower,
         'lower_bound_estimator': e_data - e_fake + h_est,
@@ -152,28 +128,16 @@ class ToyEvaluator:
               'energy': energy_grid.astype(np.float32)}
     return m, arrays
 
-  def evaluate(self, state, step: int, workdir: str, metrics_path: str) -> dict:
-    """Compute, then write JSON, NPZ and PNGs to workdir/eval; returns the scalars."""
-    m, arrays = self.compute(state)
-    if jax.process_index() != 0:
-      return m
+  def write(self, workdir, step, metrics, arrays, history) -> None:
+    """toy_eval.npz and the PNGs of the module docstring."""
     out = history_lib.eval_dir(workdir)
-    history = history_lib.record(workdir, step, m)
     np.savez_compressed(os.path.join(out, 'toy_eval.npz'), **arrays)
-    plot_samples(arrays, self.x_data, self.n_axis, self.half_width, m, step,
+    plot_samples(arrays, self.x_data, self.n_axis, self.half_width, metrics, step,
                  os.path.join(out, f'samples_{step}.png'), self.name)
-    _copy(os.path.join(out, f'samples_{step}.png'), os.path.join(out, 'samples.png'))
-    plot_bound_terms(metrics_path, os.path.join(out, 'bounds.png'))
+    shutil.copyfile(os.path.join(out, f'samples_{step}.png'), os.path.join(out, 'samples.png'))
+    plot_bound_terms(history_lib.read_metrics(workdir), os.path.join(out, 'bounds.png'))
     plot_sandwich(history, self.config.bounds, os.path.join(out, 'sandwich.png'))
-    return m
 
-
-Evaluator = ToyEvaluator
-
-
-def _copy(src: str, dst: str) -> None:
-  with open(src, 'rb') as f, open(dst, 'wb') as g:
-    g.write(f.read())
 
 
 def plot_samples(arrays, x_data, n_axis, half_width, m, step, path, name) -> None:
@@ -209,9 +173,9 @@ def plot_samples(arrays, x_data, n_axis, half_width, m, step, path, name) -> Non
   plt.close(fig)
 
 
-def plot_bound_terms(metrics_path: str, path: str) -> None:
-  """Training-time bound terms: lower bound, upper-bound term, gap, energies."""
-  records = history_lib.read_jsonl(metrics_path)
+def plot_bound_terms(records: list[dict], path: str) -> None:
+  """Training-time bound terms (workdir/metrics.jsonl): lower bound, upper-bound term,
+  energies."""
   if not records:
     return
   steps = [r['step'] for r in records]
@@ -223,7 +187,7 @@ def plot_bound_terms(metrics_path: str, path: str) -> None:
     if key in records[0]:
       axes[1].plot(steps, [r[key] for r in records], label=key)
   axes[1].set_title('bounds (train batches)')
-  for key in ('upper_term', 'gap', 'gp'):
+  for key in ('upper_term', 'gp', 'dsm'):
     if key in records[0]:
       axes[2].plot(steps, [r[key] for r in records], label=key)
   axes[2].set_yscale('symlog', linthresh=1e-3)
@@ -245,7 +209,7 @@ def plot_sandwich(history: list[dict], bounds_config, path: str) -> None:
   ax.plot(steps, [h['nll'] for h in history], 'k-', lw=2, label='NLL (quadrature)')
   ax.plot(steps, [h['lower_bound'] for h in history], 'b-', label='L_lo (exact entropy)')
   ax.plot(steps, [h['lower_bound_estimator'] for h in history], 'b--',
-          label=f'L_lo ({bounds_config.estimator})')
+          label=f'L_lo ({bounds_config.sv.estimator})')
   if bounds_config.lambda_h != 1.0:
     ax.plot(steps, [h['lower_bound_lambda'] for h in history], 'm:',
             label=f'objective with lambda_H = {bounds_config.lambda_h:g} (not a bound)')

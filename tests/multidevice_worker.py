@@ -48,21 +48,22 @@ def main(argv):
   mode = argv[1]
   if mode == 'compare':
     import jax
-    from bibound_jax import models, sharding, train
-    from experiments import toy_eval
+    from bibound_jax import assemble, sharding, train
+    from experiments import tasks
     assert jax.device_count() == 4, jax.devices()
     out = {}
     # Six steps with the generator solving its own SV vectors; two with them shared from the
-    # energy update (bounds.share_sv), whose rounding differences grow ~25x per step here.
+    # energy update (bounds.sv.share_vectors), whose rounding differences grow ~25x per step.
     for suffix, share, steps in (('', False, 6), ('_shared', True, 2)):
       cfg = small_config(steps)
-      cfg.bounds.share_sv = share
+      cfg.bounds.sv.share_vectors = share
       for name, devices in (('four', jax.devices()), ('one', jax.devices()[:1])):
         mesh = sharding.make_mesh(devices)
-        energy, gen = models.create_models(cfg.model, cfg.data.shape)
-        state = train.create_state(cfg, energy, gen, jax.random.key(0), cfg.data.shape)
+        # The initialisation the tolerances of test_multidevice._assert_close were measured at.
+        state = train.create_state(cfg, assemble.networks(cfg), jax.random.key(0))
         state = sharding.replicate(state, mesh)
-        step, batch_at = train.make_train_step(cfg, mesh=mesh), toy_eval.make_data_fn(cfg, mesh)
+        step = train.make_train_step(cfg, mesh=mesh)
+        batch_at = tasks.get_task(cfg).batches(cfg, mesh, 0)
         for t in range(cfg.train.num_steps):
           batch = batch_at(t)
           assert len(batch.sharding.device_set) == len(devices)

@@ -15,7 +15,7 @@ from jax.flatten_util import ravel_pytree
 from scipy import integrate
 
 from bibound_jax.bounds import diffusion as diff
-from bibound_jax.models.time_energy import TimeEmbedding, TimeMLPEnergy
+from bibound_jax.models.time_energy import TimeEmbedding, TimeMLPEnergy, sinusoidal_embedding
 
 SDE = diff.VPSDE(beta_min=0.1, beta_max=20.0)
 M = np.array([1.0, -0.5])
@@ -182,15 +182,15 @@ def test_gradient_flows_only_to_the_energy():
 
 def test_sinusoidal_embedding():
   t = jnp.asarray([0.0, 0.25, 1.0])
-  emb = diff.sinusoidal_embedding(t, 8)
+  emb = sinusoidal_embedding(t, 8)
   assert emb.shape == (3, 8)
   np.testing.assert_allclose(emb[0], [0, 0, 0, 0, 1, 1, 1, 1])
   freqs = np.exp(-math.log(10000.0) * np.arange(4) / 4)
   np.testing.assert_allclose(emb[1, :4], np.sin(250.0 * freqs), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(emb[1, 4:], np.cos(250.0 * freqs), rtol=1e-5, atol=1e-5)
-  odd = diff.sinusoidal_embedding(t, 7)
+  odd = sinusoidal_embedding(t, 7)
   assert odd.shape == (3, 7) and bool(jnp.all(odd[:, -1] == 0))
-  np.testing.assert_allclose(diff.sinusoidal_embedding(t, 8, scale=1.0)[2, 0], math.sin(1.0),
+  np.testing.assert_allclose(sinusoidal_embedding(t, 8, scale=1.0)[2, 0], math.sin(1.0),
                              rtol=1e-6)
 
 
@@ -242,12 +242,12 @@ def test_spectrally_normalised_time_mlp_bounds_its_slope_at_every_t():
 
 
 def test_toy_time_energy_keeps_the_toy_spectral_norm():
-  from bibound_jax import models
+  from bibound_jax import assemble
   from configs import toy
   cfg = toy.get_config('mi+diff')
-  energy, _ = models.create_models(cfg.model, cfg.data.shape)
+  energy = assemble.networks(cfg).energy
   assert isinstance(energy, TimeMLPEnergy) and energy.spectral_norm
   # Smooth in t (E(., 0) tied to E(., t_min), which DSM sees) and the bound's own weight.
-  assert energy.time_scale == 1.0 and cfg.bounds.diff_weight == 1.0
-  emb = lambda t: diff.sinusoidal_embedding(jnp.asarray([t]), 32, energy.time_scale)
-  assert float(jnp.max(jnp.abs(emb(0.0) - emb(cfg.bounds.diff_t_min)))) < 2e-3
+  assert energy.time_scale == 1.0 and cfg.bounds.diff.weight == 1.0
+  emb = lambda t: sinusoidal_embedding(jnp.asarray([t]), 32, energy.time_scale)
+  assert float(jnp.max(jnp.abs(emb(0.0) - emb(cfg.bounds.diff.t_min)))) < 2e-3

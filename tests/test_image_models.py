@@ -320,44 +320,56 @@ def test_registry_builds_each_name():
       ('resnet', (64, 64, 3), resnet.ResNetEnergy, resnet.ResNetGenerator),
   ]
   for name, shape, e_cls, g_cls in cases:
-    cfg = {'energy': {'name': name, 'spectral_norm': True},
-           'generator': {'name': name, 'latent_dim': 16}}
-    energy, gen = registry.create_image_models(cfg, shape)
+    energy = registry.create_energy({'name': name, 'spectral_norm': True}, shape)
+    gen = registry.create_generator({'name': name, 'latent_dim': 16}, shape)
     assert isinstance(energy, e_cls) and isinstance(gen, g_cls)
     assert energy.spectral_norm and gen.latent_dim == 16
     assert tuple(gen.data_shape) == shape
-  energy, gen = registry.create_image_models(
-      {'energy': {'name': 'mlp'}, 'generator': {'name': 'mlp', 'latent_dim': 100}}, (28, 28, 3))
-  assert tuple(energy.hidden) == fc.FC_ENERGY_HIDDEN and tuple(gen.hidden) == (500, 1000, 2000)
-  assert gen.output_activation == 'tanh'
+  # Defaults are the modules' own.
+  energy = registry.create_energy({'name': 'dcgan'}, (32, 32, 3))
+  assert energy.width == dcgan.DCGANEnergy.width and energy.negative_slope == 0.1
   for name, cls in [('mlp', TimeMLPEnergy), ('dcgan', dcgan.TimeDCGANEnergy),
                     ('resnet', resnet.TimeResNetEnergy)]:
     shape = (64, 64, 3) if name == 'resnet' else (32, 32, 3)
-    energy = registry.create_image_energy({'name': name, 'time_conditioned': True}, shape)
-    assert isinstance(energy, cls)
-    assert isinstance(registry.create_image_energy({'name': f'time_{name}'}, shape), cls)
-  energy = registry.create_image_energy(
+    energy = registry.create_energy({'name': name, 'time_scale': 1.0}, shape, True)
+    assert isinstance(energy, cls) and energy.time_scale == 1.0
+    # The time keys may stay in a section whose run does not condition on time.
+    assert not isinstance(registry.create_energy({'name': name, 'time_scale': 1.0}, shape), cls)
+  energy = registry.create_energy(
       {'name': 'dcgan', 'width': 8, 'spectral_norm': True, 'sn_mode': 'operator'}, (32, 32, 3))
   assert energy.width == 8 and energy.sn_mode == 'operator'
 
 
-def test_registry_with_config_dict():
+def test_create_models_with_a_config_dict_and_what_the_bounds_ask_for():
   ml_collections = pytest.importorskip('ml_collections')
+  from bibound_jax import models
+  from bibound_jax.models import mi, noisy
   cfg = ml_collections.ConfigDict({
       'energy': {'name': 'dcgan', 'width': 8, 'spectral_norm': False},
       'generator': {'name': 'dcgan', 'latent_dim': 128, 'width': 8}})
-  energy, gen = registry.create_image_models(cfg, (32, 32, 3))
-  assert energy.width == 8 and gen.width == 8 and gen.latent_dim == 128
+  nets = models.create_models(cfg, (32, 32, 3))
+  assert nets.energy.width == 8 and nets.generator.width == 8 and nets.mi_net is None
+  nets = models.create_models(cfg, (32, 32, 3), time_conditioned=True,
+                              mi_net={'kind': 'ba', 'hidden': (16,)}, output_noise=(0.1, 0.01))
+  assert isinstance(nets.energy, dcgan.TimeDCGANEnergy)
+  assert isinstance(nets.mi_net, mi.GaussianEncoder) and nets.mi_net.latent_dim == 128
+  assert isinstance(nets.generator, noisy.NoisyGenerator) and nets.generator.latent_dim == 128
+  assert isinstance(models.create_models(cfg, (32, 32, 3), mi_net={
+      'kind': 'infonce', 'hidden': (16,)}).mi_net, mi.SeparableCritic)
 
 
-def test_registry_rejects_unknown_names():
+def test_registry_rejects_unknown_names_and_keys():
   with pytest.raises(ValueError, match='valid: mlp, dcgan, resnet'):
-    registry.create_image_models({'energy': {'name': 'vit'},
-                                  'generator': {'name': 'dcgan', 'latent_dim': 8}}, (32, 32, 3))
+    registry.create_energy({'name': 'vit'}, (32, 32, 3))
   with pytest.raises(ValueError, match='valid: mlp, dcgan, resnet'):
-    registry.create_image_models({'energy': {'name': 'dcgan'},
-                                  'generator': {'name': 'stylegan', 'latent_dim': 8}}, (32, 32, 3))
+    registry.create_generator({'name': 'stylegan', 'latent_dim': 8}, (32, 32, 3))
   with pytest.raises(ValueError, match='latent_dim'):
-    registry.create_image_generator({'name': 'dcgan'}, (32, 32, 3))
+    registry.create_generator({'name': 'dcgan'}, (32, 32, 3))
   with pytest.raises(ValueError, match='sn_mode'):
-    registry.create_image_energy({'name': 'dcgan', 'sn_mode': 'exact'}, (32, 32, 3))
+    registry.create_energy({'name': 'dcgan', 'sn_mode': 'exact'}, (32, 32, 3))
+  with pytest.raises(ValueError, match='has key\\(s\\) hidden .* DCGANEnergy .* its keys: '):
+    registry.create_energy({'name': 'dcgan', 'hidden': (3,)}, (32, 32, 3))
+  with pytest.raises(ValueError, match="Energy 'dcgan' is for images"):
+    registry.create_energy({'name': 'dcgan'}, (2,))
+  with pytest.raises(ValueError, match='no time-conditioned'):
+    registry.create_energy({'name': 'dcgan'}, (28, 28, 3), time_conditioned=True)

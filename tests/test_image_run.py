@@ -11,12 +11,13 @@ import pytest
 
 tfds = pytest.importorskip('tensorflow_datasets')
 
-from bibound_jax import models  # pylint: disable=g-import-not-at-top
+from bibound_jax import assemble  # pylint: disable=g-import-not-at-top
 from bibound_jax import sharding
 from bibound_jax.data import images
 from bibound_jax.metrics import fid
 from configs import cifar10
 from configs import toy
+from experiments import checkpoints
 from experiments import image_eval
 from experiments import ood
 from experiments import run
@@ -47,9 +48,9 @@ def tiny_config(data_dir, tmp, arg=None, **train):
   cfg.model.energy.width = 8
   cfg.model.generator.width = 8
   cfg.model.generator.latent_dim = 8
-  cfg.bounds.num_iters = 2
-  cfg.bounds.block_size = 2
-  cfg.bounds.mi_hidden = (16,)
+  cfg.bounds.sv.num_iters = 2
+  cfg.bounds.sv.block_size = 2
+  cfg.bounds.mi.hidden = (16,)
   cfg.train.update(dict(batch_size=8, num_steps=4, log_every=2, eval_every=2,
                         checkpoint_every=2))
   cfg.train.update(train)
@@ -150,10 +151,9 @@ def test_fid_is_prd_with_a_stand_in_inception(trained, data_dir, tmp_path, monke
   monkeypatch.setattr(image_eval.fid, 'inception_apply', fake_apply)
   monkeypatch.setattr(image_eval.inception_weights, 'load_inception_weights',
                       lambda path: {'proj': proj})
-  energy_model, gen_model = models.create_models(cfg.model, cfg.data.shape)
   workdir = str(tmp_path / 'run')
-  evaluate = lambda: image_eval.Evaluator(cfg, energy_model, gen_model).evaluate(
-      state, 7, workdir, os.path.join(workdir, 'metrics.jsonl'))
+  evaluate = lambda: image_eval.ImageEvaluator(cfg, assemble.networks(cfg)).evaluate(
+      state, 7, workdir)
   with mock(data_dir):
     m = evaluate()
   assert m['fid'] > 0 and 1.0 <= m['inception_score'] <= 1008
@@ -172,10 +172,11 @@ def test_fid_is_prd_with_a_stand_in_inception(trained, data_dir, tmp_path, monke
 
 def test_mi_diff_run(data_dir, tmp_path):
   cfg = tiny_config(data_dir, tmp_path, 'mi+diff', num_steps=2)
-  assert cfg.model.energy.name == 'time_dcgan'
+  from bibound_jax.models import dcgan  # pylint: disable=import-outside-toplevel
+  assert isinstance(assemble.networks(cfg).energy, dcgan.TimeDCGANEnergy)
   with mock(data_dir):
     state = run.train_and_evaluate(cfg, str(tmp_path / 'run'))
-  assert int(state.step) == 2 and state.critic is not None
+  assert int(state.step) == 2 and state.mi_net is not None
   with open(tmp_path / 'run' / 'metrics.jsonl') as f:
     record = json.loads(f.readline())
   assert np.isfinite(record['dsm']) and np.isfinite(record['mi/value'])
@@ -185,13 +186,13 @@ def test_mi_diff_run(data_dir, tmp_path):
 
 def test_data_stream_shape_sharding_and_seeding(data_dir, tmp_path):
   cfg = tiny_config(data_dir, tmp_path)
-  cfg.optim.n_critic = 2
+  cfg.optim.energy_steps = 2
   mesh = sharding.make_mesh()
+  stream = lambda start: images.batch_stream('cifar10', cfg.seed, start, 2, 8, mesh, data_dir)
   with mock(data_dir):
-    take = lambda start: [np.asarray(b) for b in map(image_eval.make_data_fn(cfg, mesh, start),
-                                                      range(start, start + 3))]
+    take = lambda start: [np.asarray(b) for b in map(stream(start), range(start, start + 3))]
     first, again, resumed = take(0), take(0), take(5)
-    batch_at = image_eval.make_data_fn(cfg, mesh, 0)
+    batch_at = stream(0)
     x = batch_at(0)
     with pytest.raises(ValueError, match='consecutive'):
       batch_at(2)
@@ -231,11 +232,11 @@ def test_ood_errors_name_the_fix(trained, tmp_path):
   cfg, workdir, _, _ = trained
   with pytest.raises(ValueError, match='valid: uniform, constant'):
     ood.ood_names(['gaussian'], 'cifar10')
-  with pytest.raises(run.CheckpointError, match='No checkpoints'):
+  with pytest.raises(checkpoints.CheckpointError, match='No checkpoints'):
     ood.evaluate_ood(str(tmp_path), cfg)
   changed = cfg.copy_and_resolve_references()
   changed.model.energy.width = 16
-  with pytest.raises(run.CheckpointError, match='model.energy.width'):
+  with pytest.raises(checkpoints.CheckpointError, match='model.energy.width'):
     ood.evaluate_ood(workdir, changed)
   # The command line, end to end: data missing from data_dir -> one line naming `tfds build`.
   proc = subprocess.run(
@@ -263,7 +264,7 @@ def test_synthetic_ood_sets(kind):
 def test_configs_and_presets():
   from configs import imagenet32  # pylint: disable=import-outside-toplevel
   cfg = cifar10.get_config()
-  assert (cfg.bounds.lower, cfg.bounds.upper, cfg.bounds.estimator) == ('sv', 'gp', 'lobpcg')
+  assert (cfg.bounds.lower, cfg.bounds.upper, cfg.bounds.sv.estimator) == ('sv', 'gp', 'lobpcg')
   assert cfg.train.batch_size == 64 and cfg.model.generator.latent_dim == 128
   assert cfg.optim.lr_energy == cfg.optim.lr_generator == 5e-5 and cfg.bounds.lambda_h == 1e-4
   assert cfg.eval.num_samples == 50_000
@@ -272,7 +273,7 @@ def test_configs_and_presets():
   with pytest.raises(ValueError, match='bound presets: sv\\+gp, mi\\+diff, none'):
     cifar10.get_config('sv+diffusion')
   inet = imagenet32.get_config('mi+diff')
-  assert inet.data.name == 'imagenet32' and inet.model.energy.name == 'time_dcgan'
-  assert set(run._flatten(inet.to_dict())) == set(run._flatten(cfg.to_dict()))  # pylint: disable=protected-access
+  assert inet.data.name == 'imagenet32' and inet.bounds.upper == 'diff'
+  assert set(checkpoints.flatten(inet.to_dict())) == set(checkpoints.flatten(cfg.to_dict()))
   for section in ('bounds', 'optim', 'train'):   # what train.py and run.py read
     assert set(cfg[section]) == set(toy.get_config()[section]), section

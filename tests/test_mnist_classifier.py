@@ -4,6 +4,7 @@ import time
 from absl import logging
 import flax.serialization
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -40,7 +41,8 @@ def test_held_out_accuracy_above_95_percent(digits, params):
 
 def test_classify_stacked_real_digits(digits, params):
   _, _, test_x, test_y = digits
-  x, true_modes = mnist.StackedMNIST(test_x, test_y, seed=0).batch(0, 300)
+  x, index = mnist.stacked_batch(jnp.asarray(test_x), jax.random.key(0), 300)
+  true_modes = mnist.stacked_modes(test_y[np.asarray(index)])
   got = modes_lib.classify_stacked(clf.classifier_apply, params, x, batch_size=128)
   assert np.mean(got == true_modes) > 0.95 ** 3
 

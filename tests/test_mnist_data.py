@@ -1,6 +1,8 @@
 """MNIST sources (embedded subset, TFDS via mock_data) and deterministic StackedMNIST batches."""
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -84,52 +86,32 @@ def test_tfds_path_with_mock_data(tmp_path, source):
 
 def test_stacked_channels_are_the_drawn_digits(train_digits):
   images, labels = train_digits
-  data = mnist.StackedMNIST(images, labels, seed=3)
-  idx = data.indices(step=5, batch_size=16)
-  x, modes = data.batch(step=5, batch_size=16)
+  x, idx = mnist.stacked_batch(jnp.asarray(images), jax.random.key(3), 16)
+  x, idx = np.asarray(x), np.asarray(idx)
+  modes = mnist.stacked_modes(labels[idx])
   assert x.shape == (16, 28, 28, 3) and x.dtype == np.float32
   assert modes.shape == (16,) and modes.dtype == np.int32
   assert x.min() == -1.0 and x.max() == 1.0
   for b in range(16):
     for c in range(3):
-      np.testing.assert_array_equal(x[b, :, :, c], images[idx[b, c]] / np.float32(127.5) - 1)
+      np.testing.assert_allclose(x[b, :, :, c], images[idx[b, c]] / np.float32(127.5) - 1,
+                                 atol=1e-6)
     digits = labels[idx[b]]
     assert modes[b] == 100 * digits[0] + 10 * digits[1] + digits[2]
     assert [modes[b] // 100, modes[b] // 10 % 10, modes[b] % 10] == digits.tolist()
 
 
-def test_stacked_batches_are_a_function_of_seed_and_step(train_digits):
-  images, labels = train_digits
-  a = mnist.StackedMNIST(images, labels, seed=1)
-  b = mnist.StackedMNIST(images, labels, seed=1)
-  x1, m1 = a.batch(10, 32)
-  a.batch(11, 32)   # Order of calls must not matter.
-  x2, m2 = b.batch(10, 32)
-  np.testing.assert_array_equal(x1, x2)
-  np.testing.assert_array_equal(m1, m2)
-  assert not np.array_equal(a.indices(10, 32), a.indices(11, 32))
-  other_seed = mnist.StackedMNIST(images, labels, seed=2)
-  assert not np.array_equal(a.indices(10, 32), other_seed.indices(10, 32))
-  stream = a.iterate(start_step=7, batch_size=8)
-  for step in (7, 8, 9):
-    x, m = next(stream)
-    ref_x, ref_m = a.batch(step, 8)
-    np.testing.assert_array_equal(x, ref_x)
-    np.testing.assert_array_equal(m, ref_m)
+def test_training_batches_are_a_function_of_seed_and_step(train_digits):
+  images, _ = train_digits
+  a, b = mnist.batch_fn(images, 1, 1, 32), mnist.batch_fn(images, 1, 1, 32)
+  x1 = np.asarray(a(10))
+  a(11)   # Order of calls must not matter.
+  np.testing.assert_array_equal(x1, np.asarray(b(10)))
+  assert not np.array_equal(x1, np.asarray(a(11)))
+  assert not np.array_equal(x1, np.asarray(mnist.batch_fn(images, 2, 1, 32)(10)))
 
 
 def test_stacked_modes_cover_all_1000(train_digits):
   images, labels = train_digits
-  data = mnist.StackedMNIST(images, labels, seed=0)
-  modes = mnist.stacked_modes(labels[data.indices(0, 26_000)])
-  assert np.unique(modes).size == 1000
-
-
-def test_stacked_rejects_bad_inputs(train_digits):
-  images, labels = train_digits
-  with pytest.raises(ValueError, match='uint8'):
-    mnist.StackedMNIST(images.astype(np.float32), labels, seed=0)
-  with pytest.raises(ValueError, match='labels'):
-    mnist.StackedMNIST(images, labels[:-1], seed=0)
-  with pytest.raises(ValueError, match='step'):
-    mnist.StackedMNIST(images, labels, seed=0).batch(-1, 4)
+  _, idx = mnist.stacked_batch(jnp.asarray(images), jax.random.key(0), 26_000)
+  assert np.unique(mnist.stacked_modes(labels[np.asarray(idx)])).size == 1000

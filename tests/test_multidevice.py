@@ -9,6 +9,8 @@ import jax
 import numpy as np
 import pytest
 
+from bibound_jax import assemble
+from experiments import checkpoints
 from experiments import run
 from test_run import REPO
 import multidevice_worker as worker
@@ -56,12 +58,9 @@ def test_checkpoint_saved_on_four_devices_restores_on_one(tmp_path):
   saved = dict(np.load(tmp_path / 'p4.npz'))
   # This process has one device: the checkpoint restores exactly onto it ...
   cfg = worker.small_config(20)
-  from bibound_jax import models, sharding, train
-  energy, gen = models.create_models(cfg.model, cfg.data.shape)
-  template = sharding.replicate(train.create_state(cfg, energy, gen, jax.random.key(0),
-                                                   cfg.data.shape), sharding.make_mesh())
-  manager = run.checkpoint_manager(str(tmp_path / 'w4'), cfg)
-  restored, _ = run.restore_checkpoint(manager, template, jax.random.key(0), config=cfg)
+  _, template, _ = assemble.initial_state(cfg)
+  manager = checkpoints.open_manager(str(tmp_path / 'w4'), read_only=True)
+  restored, _ = checkpoints.restore(manager, template, jax.random.key(0), config=cfg)
   manager.close()
   assert int(restored.step) == 10 and len(jax.devices()) == 1
   restored_params = worker.flat_params(restored)

@@ -115,13 +115,21 @@ def test_conditional_entropy_and_entropy_lower_bound(x64):
   np.testing.assert_allclose(jax.grad(lambda s: mi.conditional_entropy(D, s))(SIGMA), D / SIGMA)
 
 
-def test_output_noise_std_floor_and_init():
-  param = mi.init_log_sigma_param(0.3, floor=0.01)
-  np.testing.assert_allclose(mi.output_noise_std(param, 0.01), 0.3, rtol=1e-6)
-  np.testing.assert_allclose(mi.output_noise_std(math.log(0.7)), 0.7, rtol=1e-6)
-  assert float(mi.output_noise_std(-100.0, 0.05)) >= 0.05
+def test_noisy_generator_output_noise_floor_and_init():
+  from bibound_jax.models.noisy import NoisyGenerator, log_sigma_init
+  from bibound_jax.models.toy import MLPGenerator
+  gen = NoisyGenerator(base=MLPGenerator(hidden=(4,)), sigma_init=0.3, sigma_floor=0.01)
+  variables = gen.init(jax.random.key(0), jnp.zeros((2, 2)), train=False)
+  np.testing.assert_allclose(gen.apply(variables, method='output_noise_std'), 0.3, rtol=1e-6)
+  low = {**variables, 'params': {**variables['params'], 'log_sigma': jnp.asarray(-100.0)}}
+  assert float(gen.apply(low, method='output_noise_std')) == pytest.approx(0.01, rel=1e-6)
+  # __call__ is the noise-free base generator.
+  z = jnp.ones((2, 2))
+  np.testing.assert_array_equal(gen.apply(variables, z, train=False), MLPGenerator(
+      hidden=(4,)).apply({'params': variables['params']['base'],
+                          'batch_stats': variables['batch_stats']['base']}, z, train=False))
   with pytest.raises(ValueError):
-    mi.init_log_sigma_param(0.01, floor=0.05)
+    log_sigma_init(0.01, floor=0.05)
 
 
 def test_ba_with_the_true_posterior_equals_true_mi(x64):
@@ -242,16 +250,16 @@ def test_mi_losses_gradients_for_critic_and_generator(kind):
   g_params = {'a': _general_a(), 'log_sigma': jnp.asarray(math.log(SIGMA))}
   _, z = sample(12, g_params['a'], 32)
 
+  sigma_of = lambda g: 0.01 + jnp.exp(g['log_sigma'])
+
   def x_noisy(g):
-    return mi.add_output_noise(z @ g['a'].T, mi.output_noise_std(g['log_sigma'], 0.01),
-                               jax.random.key(12))
+    return mi.add_output_noise(z @ g['a'].T, sigma_of(g), jax.random.key(12))
 
   critic_loss = lambda c, g: -mi.mi_losses(kind, apply, c, sg(x_noisy(g)), z)[0]
 
   def gen_loss(c, g):
     value, aux = mi.mi_losses(kind, apply, sg(c), x_noisy(g), z)
-    sigma = mi.output_noise_std(g['log_sigma'], 0.01)
-    return -mi.entropy_lower_bound(value, D, sigma), aux
+    return -mi.entropy_lower_bound(value, D, sigma_of(g)), aux
 
   @jax.jit
   def run(key):

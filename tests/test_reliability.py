@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bibound_jax.data import toy as toy_data
+from experiments import checkpoints
 from experiments import run
-from experiments import toy_eval
 from test_run import REPO, _params, small_config
 
 FAST_EVAL = ['--config.eval.num_samples=500', '--config.eval.grid_spacing=0.05',
@@ -49,8 +50,8 @@ def test_kill_minus_9_then_resume_is_bit_identical(tmp_path):
   assert f'Resumed from' in err
   cfg = small_config(num_steps=3000, checkpoint_every=300, log_every=100, eval_every=100000)
   straight = run.train_and_evaluate(cfg, str(tmp_path / 'b'))
-  manager = run.checkpoint_manager(str(tmp_path / 'a'), cfg)
-  restored, _ = run.restore_checkpoint(manager, straight, jax.random.key(0))
+  manager = checkpoints.open_manager(str(tmp_path / 'a'), read_only=True)
+  restored, _ = checkpoints.restore(manager, straight, jax.random.key(0))
   assert int(restored.step) == 3000
   jax.tree.map(np.testing.assert_array_equal, _params(restored), _params(straight))
 
@@ -73,23 +74,23 @@ def test_partial_checkpoint_is_never_picked_as_latest(tmp_path):
   state = run.train_and_evaluate(cfg, str(tmp_path))
   # A save killed half way leaves orbax's temporary directory behind.
   os.makedirs(tmp_path / 'checkpoints' / '50.orbax-checkpoint-tmp-1234' / 'train')
-  manager = run.checkpoint_manager(str(tmp_path), cfg)
+  manager = checkpoints.open_manager(str(tmp_path), read_only=True)
   assert manager.latest_step() == 10
-  restored, _ = run.restore_checkpoint(manager, state, jax.random.key(0), config=cfg)
+  restored, _ = checkpoints.restore(manager, state, jax.random.key(0), config=cfg)
   assert int(restored.step) == 10
 
 
 def _nan_at(step_to_break):
-  real = toy_eval.make_data_fn
+  real = toy_data.batch_fn
 
-  def make_data_fn(config, *args):
-    batch_at = real(config, *args)
+  def batch_fn(*args):
+    batch_at = real(*args)
     return lambda step: jnp.where(step == step_to_break, jnp.nan, batch_at(step))
-  return make_data_fn
+  return batch_fn
 
 
 def test_nan_stops_the_run_naming_step_metric_and_checkpoint(tmp_path, monkeypatch):
-  monkeypatch.setattr(toy_eval, 'make_data_fn', _nan_at(16))  # iteration 17 sees NaN data
+  monkeypatch.setattr(toy_data, 'batch_fn', _nan_at(16))  # iteration 17 sees NaN data
   cfg = small_config(num_steps=30, checkpoint_every=10)
   with pytest.raises(run.NonFiniteError, match=r'iteration 17: .*energy_real') as err:
     run.train_and_evaluate(cfg, str(tmp_path))
@@ -99,7 +100,7 @@ def test_nan_stops_the_run_naming_step_metric_and_checkpoint(tmp_path, monkeypat
 
 
 def test_nan_skip_mode_drops_the_update_and_counts_it(tmp_path, monkeypatch):
-  monkeypatch.setattr(toy_eval, 'make_data_fn', _nan_at(16))
+  monkeypatch.setattr(toy_data, 'batch_fn', _nan_at(16))
   cfg = small_config(num_steps=30)
   cfg.train.nonfinite = 'skip'
   state = run.train_and_evaluate(cfg, str(tmp_path))
@@ -112,27 +113,23 @@ def test_non_finite_state_is_never_checkpointed(tmp_path):
   state = run.train_and_evaluate(cfg, str(tmp_path))
   bad = state.replace(step=state.step + 5, energy=state.energy.replace(
       params=jax.tree.map(lambda x: x * jnp.nan, state.energy.params)))
-  manager = run.checkpoint_manager(str(tmp_path), cfg)
+  manager = checkpoints.open_manager(str(tmp_path))
   with pytest.raises(run.NonFiniteError, match='Refusing to checkpoint iteration 15'):
-    run.save_checkpoint(manager, bad, jax.random.key(0), cfg)
+    checkpoints.save(manager, bad, jax.random.key(0), cfg)
   assert manager.all_steps() == [10]
 
 
-def test_divergence_detector():
+def test_divergence_detector(monkeypatch):
   cfg = small_config()
-  assert run.warn_if_diverging({'energy_fake': 80.0, 'energy_real': 10.0}, 5, cfg)
-  assert run.warn_if_diverging({'energy_fake': 2e3, 'energy_real': 2e3}, 5, cfg)
-  assert not run.warn_if_diverging({'energy_fake': 3.0, 'energy_real': 1.0}, 5, cfg)
+  assert run.DivergenceMonitor(cfg)({'energy_fake': 80.0, 'energy_real': 10.0}, 5)
+  assert run.DivergenceMonitor(cfg)({'energy_fake': 2e3, 'energy_real': 2e3}, 5)
+  assert not run.DivergenceMonitor(cfg)({'energy_fake': 3.0, 'energy_real': 1.0}, 5)
   # In the loop it warns once per doubling of the excess, not at every log step.
-  warned, logged = [0.5], []
-  from absl import logging
-  original = logging.warning
-  logging.warning = lambda *a: logged.append(a)
-  try:
-    for gap in (60.0, 70.0, 90.0, 130.0, 210.0):
-      run.warn_if_diverging({'energy_fake': gap, 'energy_real': 0.0}, 5, cfg, warned)
-  finally:
-    logging.warning = original
+  logged = []
+  monkeypatch.setattr(run.logging, 'warning', lambda *a: logged.append(a))
+  monitor = run.DivergenceMonitor(cfg)
+  for gap in (60.0, 70.0, 90.0, 130.0, 210.0):
+    assert monitor({'energy_fake': gap, 'energy_real': 0.0}, 5)
   assert len(logged) == 2  # at 60 (first) and at 130 (> 2 x 60)
 
 

@@ -8,9 +8,11 @@ import jax
 import numpy as np
 import pytest
 
+from bibound_jax import assemble
 from bibound_jax import config_lib
 from configs import common
 from configs import toy
+from experiments import checkpoints
 from experiments import run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,19 +50,31 @@ def test_command_line_errors_name_the_key():
   bad_type = _main('--config.train.num_steps=seven')
   assert bad_type.returncode != 0 and 'num_steps' in bad_type.stderr
   assert 'Traceback' not in bad_type.stderr and "'seven'" in bad_type.stderr
+  # A key of the flat bounds section (before each bound had its own) names its new place.
+  moved = _main('--config.bounds.gp_weight=0.01')
+  assert moved.returncode != 0 and 'Traceback' not in moved.stderr
+  assert ('--config.bounds.gp_weight: this key moved to config.bounds.gp.weight; pass '
+          '--config.bounds.gp.weight=... instead.') in moved.stderr
+  assert 'moved to config.optim.energy_steps' in _main('--config.optim.n_critic=2').stderr
 
 
 @pytest.mark.parametrize('key,value,match', [
     ('data.name', 'checkerboard', r'config.data.name.*25gaussians, swiss_roll, two_moons'),
     ('bounds.upper', 'gradient', r'config.bounds.upper.*gp, diff, none, r1, wgan_gp'),
-    ('bounds.estimator', 'power', r'config.bounds.estimator.*lobpcg'),
+    ('bounds.sv.estimator', 'power', r'config.bounds.sv.estimator.*lobpcg'),
     ('train.batch_size', -4, r'config.train.batch_size = -4.*> 0'),
-    ('bounds.gp_margin', -1.0, r'config.bounds.gp_margin.*>= 0'),
+    ('bounds.gp.margin', -1.0, r'config.bounds.gp.margin.*>= 0'),
+    ('bounds.sv.num_latents', 7, r'config.bounds.sv.num_latents = 7 must be 0 .* divisor'),
+    ('model.energy.depth', 3, r'config.model.energy has key\(s\) depth .* its keys: freq_dim, hidden'),
+    ('model.generator.name', 'vit', r'config.model.generator.name .* mlp, dcgan, resnet'),
 ])
 def test_bad_config_values_are_rejected_with_the_key(key, value, match):
   cfg = toy.get_config()
-  section, name = key.split('.')
-  cfg[section][name] = value
+  *path, name = key.split('.')
+  node = cfg
+  for part in path:
+    node = node[part]
+  node[name] = value
   with pytest.raises(config_lib.ConfigError, match=match):
     config_lib.validate_config(cfg, ('25gaussians', 'swiss_roll', 'two_moons'))
 
@@ -71,6 +85,12 @@ def test_toy_config_argument_presets():
   assert toy.get_config('wgan_gp').bounds.lower == 'none'
   with pytest.raises(ValueError, match='bound presets: sv\\+gp, mi\\+diff, none, r1, wgan_gp'):
     toy.get_config('sv+diffusion')
+  # Every bound's config section holds that bound's own defaults.
+  from bibound_jax import bounds
+  base = common.base_config()
+  assert set(bounds.sections()) == {'sv', 'mi', 'gp', 'diff', 'r1', 'wgan_gp'}
+  for name, defaults in bounds.sections().items():
+    assert base.bounds[name].to_dict() == defaults
 
 
 def _params(state):
@@ -92,7 +112,7 @@ def test_nonfinite_inside_a_chunk_names_its_iteration(tmp_path):
   nan_at_12 = {'energy_real': np.array([0.1, np.nan, 0.3], np.float32),
                'nonfinite': np.zeros(3, np.float32)}
   buffer = [(1, {'energy_real': np.float32(0.0), 'nonfinite': np.float32(0.0)}), (3, nan_at_12)]
-  manager = run.checkpoint_manager(str(tmp_path), small_config())
+  manager = checkpoints.open_manager(str(tmp_path))
   with pytest.raises(run.NonFiniteError, match='iteration 12: energy_real'):
     run.check_finite(buffer, 10, manager)
   manager.close()
@@ -114,7 +134,7 @@ def test_steps_per_call_gives_the_run_of_single_steps(tmp_path, monkeypatch):
     finals.append(_params(run.train_and_evaluate(cfg, str(tmp_path / f'k{k}'))))
     with open(tmp_path / f'k{k}' / 'metrics.jsonl') as f:
       logs.append([json.loads(line) for line in f])
-    manager = run.checkpoint_manager(str(tmp_path / f'k{k}'), cfg)
+    manager = checkpoints.open_manager(str(tmp_path / f'k{k}'), read_only=True)
     assert manager.all_steps() == [10, 20]
     manager.close()
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), *finals)
@@ -130,12 +150,10 @@ def test_checkpoint_restore_and_resume_match_an_uninterrupted_run(tmp_path):
   final = run.train_and_evaluate(cfg, str(tmp_path / 'a'))
   saved = _params(final)
   # The restored checkpoint equals the state the run ended with.
-  manager = run.checkpoint_manager(str(tmp_path / 'a'), cfg)
+  manager = checkpoints.open_manager(str(tmp_path / 'a'), read_only=True)
   assert manager.all_steps() == [10, 20]
-  from bibound_jax import models, train
-  e, g = models.create_models(cfg.model, cfg.data.shape)
-  template = train.create_state(cfg, e, g, jax.random.key(0), cfg.data.shape)
-  restored, rng = run.restore_checkpoint(manager, template, jax.random.key(0))
+  _, template, _ = assemble.initial_state(cfg)
+  restored, rng = checkpoints.restore(manager, template, jax.random.key(0))
   assert int(restored.step) == 20
   jax.tree.map(np.testing.assert_array_equal, _params(restored), saved)
   manager.close()

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 
 from bibound_jax import config_lib
-from bibound_jax import train
+from bibound_jax.bounds import entropy
 from bibound_jax.data import mnist as mnist_data
 from configs import stackedmnist
 from experiments import evaluate
-from experiments import mnist_eval
 from experiments import run
+from experiments import tasks
 
 
 def test_stacked_batch_channels_are_the_indexed_digits():
   images, labels = mnist_data.load_embedded('train')
-  x, index = mnist_eval.stacked_batch(jnp.asarray(images), jax.random.key(0), 32)
+  x, index = mnist_data.stacked_batch(jnp.asarray(images), jax.random.key(0), 32)
   x, index = np.asarray(x), np.asarray(index)
   assert x.shape == (32, 28, 28, 3) and x.min() >= -1.0 and x.max() <= 1.0
   for c in range(3):
@@ -37,7 +37,7 @@ def tiny_config(tmp_path, **train_overrides):
   cfg.model.energy.hidden = (64, 32)
   cfg.model.generator.hidden = (32, 64)
   cfg.model.generator.latent_dim = 4
-  cfg.bounds.sv_batch = 4
+  cfg.bounds.sv.num_latents = 4
   cfg.train.batch_size = 16
   cfg.train.update(dict(num_steps=4, log_every=2, eval_every=4, checkpoint_every=4))
   cfg.train.update(train_overrides)
@@ -52,8 +52,8 @@ def tiny_config(tmp_path, **train_overrides):
 
 def test_data_fn_is_a_pure_function_of_seed_and_step(tmp_path):
   cfg = tiny_config(tmp_path)
-  cfg.optim.n_critic = 2
-  batch_at = mnist_eval.make_data_fn(cfg)
+  cfg.optim.energy_steps = 2
+  batch_at = tasks.get_task(cfg).batches(cfg, None, 0)
   a, b = np.asarray(batch_at(3)), np.asarray(batch_at(3))
   assert a.shape == (2, 16, 28, 28, 3)
   np.testing.assert_array_equal(a, b)
@@ -95,20 +95,25 @@ def test_config_variants_and_errors():
   assert default.train.batch_size == 64 and default.optim.lr_energy == 2e-4
   assert default.model.energy.hidden == (2000, 1000, 500, 250, 250)
   assert default.model.generator.hidden == (500, 1000, 2000)
-  assert cpu.train.num_steps < default.train.num_steps and cpu.bounds.sv_batch == 16
+  assert cpu.train.num_steps < default.train.num_steps and cpu.bounds.sv.num_latents == 16
   assert cnn.model.energy.name == 'dcgan' and cnn.bounds.upper == 'r1'
-  assert stackedmnist.get_config('mi+diff').model.energy.name == 'time_mlp'
+  assert stackedmnist.get_config('cpu,cnn').model.energy.name == 'dcgan'
   with pytest.raises(ValueError, match="unknown argument 'gpu'.*cpu, cnn"):
     stackedmnist.get_config('gpu')
   bad = stackedmnist.get_config()
-  bad.bounds.sv_batch = 24
-  with pytest.raises(config_lib.ConfigError, match='sv_batch = 24 .* divisor of'):
+  bad.bounds.sv.num_latents = 24
+  with pytest.raises(config_lib.ConfigError, match='num_latents = 24 must be 0 .* divisor of'):
     config_lib.validate_config(bad, ('stackedmnist',))
+  bad = stackedmnist.get_config()
+  bad.data.source = 'internet'
+  with pytest.raises(config_lib.ConfigError, match="data.source = 'internet'.*auto, tfds"):
+    tasks.validate(bad)
 
 
-def test_sv_latents_is_a_strided_subset():
+def test_jacobian_latents_are_a_strided_subset():
   z = jnp.arange(64.0)[:, None]
-  cfg = stackedmnist.get_config().bounds
-  assert train.sv_latents(z, cfg).shape == (64, 1)          # sv_batch = 0: all
-  cfg.sv_batch = 16
-  np.testing.assert_array_equal(train.sv_latents(z, cfg)[:, 0], np.arange(0, 64, 4))
+  cfg = stackedmnist.get_config().bounds.sv
+  assert entropy.JacobianTerms(cfg).latents(z).shape == (64, 1)          # num_latents 0: all
+  cfg.num_latents = 16
+  np.testing.assert_array_equal(entropy.JacobianTerms(cfg).latents(z)[:, 0],
+                                np.arange(0, 64, 4))

@@ -1,4 +1,4 @@
-"""Baseline energy regularisers that share the bidirectional code path (DESIGN.md section 4).
+"""The baselines, as bounds that share the bidirectional code path (docs/bounds.md, "Baselines").
 
   none:     0                                         (lower bound only: MEG/VERA-style; diverges)
   r1:       w * mean ||grad_x E(x_data)||^2           (zero-centred penalty; the authors' EBM_0GP)
@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from bibound_jax import config_checks
+from bibound_jax.bounds import base
 
 Array = jax.Array
 
@@ -32,3 +35,52 @@ def wgan_gp_penalty(energy_fn, x_data: Array, x_fake: Array, key: Array, weight:
   x_hat = eps * x_data + (1.0 - eps) * jax.lax.stop_gradient(x_fake)
   norm = jnp.sqrt(input_grad_sq_norm(energy_fn, x_hat) + 1e-12)
   return weight * jnp.mean((norm - 1.0) ** 2)
+
+
+class NoEntropy(base.LowerBound):
+  """Lower bound `none`: no entropy term (a WGAN-style generator, loss_G = mean E(G(z)))."""
+  name = 'none'
+  has_entropy = False
+
+  def entropy(self, inputs: base.GeneratorInputs):
+    del inputs
+    return None, {}
+
+
+class NoUpper(base.UpperBound):
+  """Upper bound `none`: no regulariser, so the energy minimises the LOWER bound (the
+  MEG/VERA-style minimax game, which diverges)."""
+  name = 'none'
+
+  def term(self, inputs: base.EnergyInputs):
+    del inputs
+    return jnp.zeros(()), {}, None
+
+
+class R1Bound(base.UpperBound):
+  """`r1`: w * mean ||grad_x E(x_data)||^2 (not a bound on the KL; the authors' EBM_0GP)."""
+  name = 'r1'
+  DEFAULTS = dict(weight=1.0)
+
+  @classmethod
+  def validate(cls, config) -> None:
+    config_checks.positive(config, 'bounds.r1.weight', allow_zero=True)
+
+  def term(self, inputs: base.EnergyInputs):
+    return r1_penalty(inputs.energy_fn, inputs.x_data, self.section.weight), {}, None
+
+
+class WGANGPBound(base.UpperBound):
+  """`wgan_gp`: w * mean (||grad_x E(x_hat)|| - 1)^2 on random interpolates (not a bound on
+  the KL; the WGAN-GP critic's penalty)."""
+  name = 'wgan_gp'
+  DEFAULTS = dict(weight=10.0)
+
+  @classmethod
+  def validate(cls, config) -> None:
+    config_checks.positive(config, 'bounds.wgan_gp.weight', allow_zero=True)
+
+  def term(self, inputs: base.EnergyInputs):
+    key = jax.random.split(inputs.key, 3)[2]
+    return wgan_gp_penalty(inputs.energy_fn, inputs.x_data, inputs.x_fake, key,
+                           self.section.weight), {}, None

@@ -1,5 +1,5 @@
-"""Upper bound 2: the diffusion (denoising score matching) bound on KL(p_g || p_theta) (DESIGN.md
-section 5).
+"""Upper bound 2: the diffusion (denoising score matching) bound on KL(p_g || p_theta), the bound
+`diff` (`DiffusionBound`, bottom; docs/bounds.md, "The diffusion upper bound").
 
 A time-dependent energy E_theta(x, t), t in [0, T], with E_theta(x, 0) the EBM. Generator samples
 x_0 = G(z) are diffused by the VP SDE  dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw,  so that
@@ -43,11 +43,13 @@ stack of per-sample input gradients).
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+from bibound_jax import config_checks
+from bibound_jax.bounds import base
 
 Array = jax.Array
 sg = jax.lax.stop_gradient
@@ -107,26 +109,6 @@ class VPSDE:
 def _expand(v: Array, x: Array) -> Array:
   """(B,) -> (B, 1, ..., 1) to broadcast against x (B, ...)."""
   return jnp.reshape(v, v.shape + (1,) * (x.ndim - v.ndim))
-
-
-def sinusoidal_embedding(t: Array, dim: int, scale: float = 1000.0,
-                         max_period: float = 10000.0) -> Array:
-  """Transformer-style embedding of times t (B,) -> (B, dim): [sin(s t w_k), cos(s t w_k)].
-
-  w_k = max_period^(-k / half), k = 0..half-1, half = dim // 2; a zero column pads odd dim. Times
-  are scaled by `scale` (default 1000: t in [0, 1] then spans the range of DDPM step indices, so
-  the lowest frequency turns slowly and the highest resolves steps of 1e-3). Pass scale = 1000 / T
-  for another horizon T. At t = 0 the embedding is [0, ..., 0, 1, ..., 1].
-  """
-  t = jnp.asarray(t)
-  dtype = t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else jnp.float32
-  half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=dtype) / half)
-  args = scale * t.astype(dtype)[..., None] * freqs
-  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
-  if dim % 2:
-    emb = jnp.concatenate([emb, jnp.zeros_like(emb[..., :1])], axis=-1)
-  return emb
 
 
 def importance_log_normaliser(sde: VPSDE, t_min: float) -> Array:
@@ -205,3 +187,31 @@ def dsm_loss(energy_t_fn: Callable, x0: Array, key: Array, sde: VPSDE, t_min: fl
 def diffusion_upper_term(dsm: Array, w_diff: float) -> Array:
   """upper_bound_term = w_diff * DSM (w_diff = T - t_min turns the average into the integral)."""
   return w_diff * dsm
+
+
+class DiffusionBound(base.UpperBound):
+  """`diff`: upper term w_diff * DSM of the generator's samples along the VP SDE, with a
+  time-conditioned energy E(x, t) (E(x, 0) is the EBM). w_diff = T - t_min turns the average
+  over t into the bound's integral.
+
+  Config: weight w_diff; beta_min, beta_max (the SDE); t_min; likelihood_weighting
+  (lambda = g^2, else sigma_t^2); importance_sampling of t."""
+  name = 'diff'
+  DEFAULTS = dict(weight=1e-3, beta_min=0.1, beta_max=20.0, t_min=1e-3,
+                  likelihood_weighting=True, importance_sampling=True)
+
+  @classmethod
+  def validate(cls, config) -> None:
+    config_checks.positive(config, 'bounds.diff.weight', 'bounds.diff.t_min',
+                           'bounds.diff.beta_min', 'bounds.diff.beta_max')
+
+  def network_options(self) -> dict:
+    return {'time_conditioned': True}
+
+  def term(self, inputs: base.EnergyInputs):
+    s = self.section
+    dsm = dsm_loss(inputs.energy_t_fn, inputs.x_fake, jax.random.split(inputs.key, 3)[2],
+                   VPSDE(beta_min=s.beta_min, beta_max=s.beta_max), t_min=s.t_min,
+                   likelihood_weighting=s.likelihood_weighting,
+                   importance_sampling=s.importance_sampling)
+    return diffusion_upper_term(dsm, s.weight), {'dsm': dsm}, None

@@ -1,4 +1,6 @@
-"""Entropy lower bounds from the singular values of the generator Jacobian (DESIGN.md section 2).
+"""Lower bound 1: the entropy of the generator from the singular values of its Jacobian (SV).
+
+The maths: docs/bounds.md, "The SV entropy bound". The bound `sv` (`SVBound`, bottom).
 
 For an injective generator G: R^d -> R^D with Jacobian J(z) (D x d) and z ~ p0 = N(0, I_d),
 
@@ -31,6 +33,9 @@ from typing import Callable
 import flax.struct
 import jax
 import jax.numpy as jnp
+
+from bibound_jax import config_checks
+from bibound_jax.bounds import base
 
 Array = jax.Array
 GenFn = Callable[[object, Array], Array]
@@ -300,3 +305,90 @@ def log_volume(fn: GenFn, params, z: Array, v: Array | None) -> Array:
   if v is None:
     return _logdet_from_jacobian(jacobian(fn, params, z))
   return z.shape[-1] * jnp.log(smin_from_vector(fn, params, z, v))
+
+
+class JacobianTerms:
+  """The generator-Jacobian settings of config.bounds.sv, shared by the SV entropy bound and
+  the GP upper bound's score of -log p_g:
+
+    estimator, num_iters, block_size, cg_iters   the s_1 estimator (`get_estimator`);
+    num_latents   the Jacobian terms on every (B / num_latents)-th latent of the batch (0: all).
+                  Both the entropy E_z[log vol J(z)] and the GP E_z[1/2 (a - s)^2] are means
+                  over z, so a subset estimates them without bias at num_latents / B of the
+                  Jacobian cost; the stride keeps the subset spread over the batch shards;
+    latent_chunk  latents per vmapped estimator call (`map_latents`; 0: all at once);
+    jacobian_bn   BatchNorm statistics inside the Jacobian ('batch' | 'running';
+                  bibound_jax/generator.py)."""
+
+  def __init__(self, section):
+    self.section = section
+    self.estimator = get_estimator(section.estimator, num_iters=section.num_iters,
+                                   block_size=section.block_size, cg_iters=section.cg_iters)
+    self.exact_logdet = section.estimator == 'exact_logdet'   # no s_1 vectors to share
+    self.batch_norm = section.jacobian_bn
+    self.latent_chunk = section.latent_chunk
+
+  @staticmethod
+  def validate(config) -> None:
+    config_checks.choice(config, 'bounds.sv.estimator', ESTIMATORS)
+    config_checks.choice(config, 'bounds.sv.jacobian_bn', ('batch', 'running'))
+    config_checks.positive(config, 'bounds.sv.num_iters', 'bounds.sv.block_size',
+                           'bounds.sv.cg_iters')
+    config_checks.positive(config, 'bounds.sv.num_latents', 'bounds.sv.latent_chunk',
+                           allow_zero=True)
+    n, batch = config.bounds.sv.num_latents, config.train.batch_size
+    if n and batch % n:
+      raise config_checks.ConfigError(
+          f'config.bounds.sv.num_latents = {n} must be 0 (the whole batch) or a divisor of '
+          f'config.train.batch_size = {batch}.')
+
+  def latents(self, z: Array) -> Array:
+    """The latents of the Jacobian terms: every (B / num_latents)-th latent of z (B, d)."""
+    n = self.section.num_latents
+    if n <= 0 or n >= z.shape[0]:
+      return z
+    return z[::z.shape[0] // n][:n]
+
+  def estimate(self, fn: GenFn, variables, z: Array, key: Array) -> SVEstimate:
+    """The s_1 estimator on every latent of z (already the Jacobian subset)."""
+    return batched_log_volume(self.estimator, fn, variables, z, key, self.latent_chunk)
+
+
+class SVBound(base.LowerBound):
+  """`sv`: H[p_g] >= H[p0] + E_z[d log s_1(J(z))] (or E_z[1/2 log det J^T J] with
+  exact_logdet), for an injective generator. The term is the batch mean of
+  `SVEstimate.value`; after a GP energy update at the same generator parameters it reuses
+  that update's latents and s_1 vectors (`share_vectors`): at the parameters the vectors were
+  solved for, d log ||J(z) v|| with v fixed has the estimate's value and gradient (envelope
+  theorem), so the entropy term costs one JVP per latent instead of a second solve."""
+  name = 'sv'
+  DEFAULTS = dict(estimator='exact_smin', num_iters=2, block_size=1, cg_iters=10,
+                  num_latents=0, latent_chunk=0, jacobian_bn='batch', share_vectors=True)
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.jacobian = JacobianTerms(self.section)
+
+  @classmethod
+  def validate(cls, config) -> None:
+    JacobianTerms.validate(config)
+
+  def reuses(self, carry) -> bool:
+    return isinstance(carry, SVEstimate) and bool(self.section.share_vectors)
+
+  def entropy(self, inputs: base.GeneratorInputs):
+    gen, z = inputs.generator, inputs.z
+    fn = gen.per_sample()
+    variables = gen.jacobian_variables(inputs.params, z, self.jacobian.batch_norm)
+    z_jac = self.jacobian.latents(z)
+    if inputs.carry is None:
+      est = self.jacobian.estimate(fn, variables, z_jac, inputs.key)
+    else:
+      est = batched_reuse_vectors(fn, variables, z_jac, inputs.carry)
+    log_vol = jnp.mean(est.value)
+    return log_vol, {
+        'entropy': gaussian_entropy(z.shape[-1]) + sg(log_vol),
+        'sv/smin': jnp.mean(est.smin),
+        'sv/residual': jnp.mean(est.residual),
+        'sv/iterations': jnp.mean(est.iterations.astype(jnp.float32)),
+    }

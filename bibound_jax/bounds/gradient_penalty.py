@@ -1,4 +1,5 @@
-"""Upper bound 1: the gradient-penalty (GP) surrogate for KL(p_g || p_theta) (DESIGN.md section 4).
+"""Upper bound 1: the gradient-penalty (GP) surrogate for KL(p_g || p_theta), the bound `gp`
+(`GPBound`, bottom; docs/bounds.md, "The GP upper bound").
 
 The paper bounds KL(p_g || p_theta) by a gradient term that vanishes when p_theta = p_g. On the
 generator manifold it is evaluated in latent coordinates along a random probe v0 ~ N(0, I_d):
@@ -20,6 +21,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from bibound_jax import config_checks
+from bibound_jax.bounds import base
 from bibound_jax.bounds import entropy
 
 Array = jax.Array
@@ -73,3 +76,41 @@ def gp_weight(step, weight: float, schedule: str = 'constant', decay=(0.7, 2307.
     a, b, c = decay
     return a * (b + jnp.asarray(step, jnp.float32)) ** (-c)
   raise ValueError(f"Unknown GP weight schedule {schedule!r}; valid: constant, decay.")
+
+
+class GPBound(base.UpperBound):
+  """`gp`: upper term relu(w GP - zeta) with GP = 1/2 mean (a - s)^2 on the generator's
+  latents. The score s uses the log-volume of the SV settings (config.bounds.sv: estimator,
+  num_latents, latent_chunk, jacobian_bn), whose s_1 estimate it hands on as the carry.
+
+  Config: weight w; schedule 'constant' (w) or 'decay' (the authors' toy schedule,
+  `gp_weight`); margin zeta >= 0."""
+  name = 'gp'
+  DEFAULTS = dict(weight=1e-3, schedule='constant', margin=0.0)
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.jacobian = entropy.JacobianTerms(config.bounds.sv)
+
+  @classmethod
+  def validate(cls, config) -> None:
+    config_checks.choice(config, 'bounds.gp.schedule', ('constant', 'decay'))
+    config_checks.positive(config, 'bounds.gp.weight', 'bounds.gp.margin', allow_zero=True)
+    entropy.JacobianTerms.validate(config)
+
+  def term(self, inputs: base.EnergyInputs):
+    gen = inputs.generator
+    fn = gen.per_sample()
+    variables = sg(gen.jacobian_variables(gen.params, inputs.z, self.jacobian.batch_norm))
+    z = self.jacobian.latents(inputs.z)
+    k_probe, k_est, _ = jax.random.split(inputs.key, 3)
+    carry = None
+    if not self.jacobian.exact_logdet:   # the s_1 vectors the score differentiates along
+      carry = sg(self.jacobian.estimate(fn, variables, z, k_est))
+    probes = jax.random.normal(k_probe, z.shape, z.dtype)
+    per_sample, _ = gp_fisher(inputs.energy_fn, fn, variables, z, probes,
+                              None if carry is None else carry.vector,
+                              self.jacobian.latent_chunk)
+    gp = jnp.mean(per_sample)
+    weight = gp_weight(inputs.step, self.section.weight, self.section.schedule)
+    return gp_upper_term(gp, weight, self.section.margin), {'gp': gp}, carry

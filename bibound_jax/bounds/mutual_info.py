@@ -1,5 +1,5 @@
-"""Lower bound 2: entropy of a noisy generator from a lower bound on mutual information (DESIGN.md
-section 3).
+"""Lower bound 2: the entropy of a noisy generator from a lower bound on mutual information, the
+bound `mi` (`MIBound`, bottom; docs/bounds.md, "The MI entropy bound").
 
 Add noise to the generator output: x = G(z) + sigma * eps, eps ~ N(0, I_D), z ~ p0 = N(0, I_d).
 Then p_g is a proper density on R^D and
@@ -28,7 +28,7 @@ per-sample values are returned too.
 
 In the train step (`mi_losses` is the single entry point for both uses):
 
-  critic/encoder (a third TrainState):   loss_C = -mi(phi; sg x_noisy, z)
+  MI network (a third TrainState):       loss = -mi(phi; sg x_noisy, z)
   generator:                             loss_G = mean E(x_noisy) - lambda_H (mi(sg phi; x_noisy, z)
                                                                              + H[X | Z](sigma))
 with x_noisy = G(z) + sigma * eps reparameterised (gradients reach G, and sigma if learned). Both
@@ -42,27 +42,13 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from bibound_jax import config_checks
+from bibound_jax.bounds import base
+
 Array = jax.Array
 sg = jax.lax.stop_gradient
 
 MI_KINDS = ('ba', 'infonce', 'jsd')
-
-
-def output_noise_std(log_sigma_param, floor: float = 0.0) -> Array:
-  """sigma = floor + exp(log_sigma_param): learnable output-noise scale with a hard floor.
-
-  With floor = 0 the parameter is exactly log sigma. For a fixed sigma pass a float (or use
-  `init_log_sigma_param(sigma, floor)` and never update it). The floor keeps H[X | Z] and the
-  encoder's likelihood finite when the generator would like to shrink the noise away.
-  """
-  return floor + jnp.exp(log_sigma_param)
-
-
-def init_log_sigma_param(sigma: float, floor: float = 0.0) -> float:
-  """The parameter at which `output_noise_std(param, floor) == sigma` (needs sigma > floor)."""
-  if not sigma > floor:
-    raise ValueError(f'output noise sigma={sigma} must exceed its floor {floor}.')
-  return math.log(sigma - floor)
 
 
 def add_output_noise(x: Array, sigma, key: Array) -> Array:
@@ -152,23 +138,79 @@ def get_mi_fn(kind: str) -> Callable:
   return fns[kind]
 
 
-def mi_losses(kind: str, critic_apply: Callable, critic_params, x_noisy: Array,
+def mi_losses(kind: str, net_apply: Callable, net_params, x_noisy: Array,
               z: Array) -> tuple[Array, dict]:
   """(mi_value, aux): the differentiable MI estimate named `kind` and scalar diagnostics.
 
   One function for both updates; the caller decides what is held fixed:
-    critic step:     loss_C = -mi_losses(kind, apply, c_params, sg(x_noisy), z)[0],
-                     differentiated w.r.t. c_params;
-    generator step:  H_lo = entropy_lower_bound(mi_losses(kind, apply, sg(c_params), x_noisy, z)[0],
-                                                D, sigma);
-                     loss_G = mean E(x_noisy) - lambda_H * H_lo, differentiated w.r.t. G's params.
-  x_noisy = G(z) + sigma * eps must be built from the same z (joint pairs). For 'ba' critic_apply
+    MI network:  loss = -mi_losses(kind, apply, params, sg(x_noisy), z)[0], differentiated
+                 w.r.t. the MI network's params;
+    generator:   H_lo = entropy_lower_bound(mi_losses(kind, apply, sg(params), x_noisy, z)[0],
+                                            D, sigma);
+                 loss_G = mean E(x_noisy) - lambda_H * H_lo, differentiated w.r.t. G's params.
+  x_noisy = G(z) + sigma * eps must be built from the same z (joint pairs). For 'ba' net_apply
   is the encoder, apply(params, x) -> (mu, logstd); otherwise apply(params, x, z) -> (K, K).
   aux: {'mi': value} (stop-gradient), plus 'mi/log_k' for 'infonce' (its ceiling; a value near
   it means the bound is saturated and K is too small).
   """
-  value, _ = get_mi_fn(kind)(critic_apply, critic_params, x_noisy, z)
+  value, _ = get_mi_fn(kind)(net_apply, net_params, x_noisy, z)
   aux = {'mi': sg(value)}
   if kind == 'infonce':
     aux['mi/log_k'] = jnp.asarray(math.log(z.shape[0]), value.dtype)
   return value, aux
+
+
+class MIBound(base.LowerBound):
+  """`mi`: H[p_g] >= I_lo(X; Z) + H[X | Z] for the noisy generator x = G(z) + sigma eps, with an
+  MI network (encoder for 'ba', critic for 'infonce' / 'jsd') trained by its own update to
+  maximise the same MI bound (`mi_net_loss`). The energy sees the noisy samples too.
+
+  Config: estimator ('ba' | 'infonce' | 'jsd'); hidden (the MI network's widths); lr (its
+  learning rate); sigma (the output noise), learned when learn_sigma (sigma = floor + exp(p), a
+  parameter of the generator; models/noisy.py) with floor sigma_floor."""
+  name = 'mi'
+  DEFAULTS = dict(estimator='ba', hidden=(100, 100), lr=2e-4, sigma=0.05, learn_sigma=False,
+                  sigma_floor=0.01)
+
+  @classmethod
+  def validate(cls, config) -> None:
+    config_checks.choice(config, 'bounds.mi.estimator', MI_KINDS)
+    config_checks.positive(config, 'bounds.mi.sigma', 'bounds.mi.lr')
+    config_checks.positive(config, 'bounds.mi.sigma_floor', allow_zero=True)
+    s = config.bounds.mi
+    if s.learn_sigma and not s.sigma > s.sigma_floor:
+      raise config_checks.ConfigError(
+          f'config.bounds.mi.sigma = {s.sigma} must exceed config.bounds.mi.sigma_floor = '
+          f'{s.sigma_floor} when learn_sigma is set.')
+
+  def network_options(self) -> dict:
+    s = self.section
+    return {'mi_net': {'kind': s.estimator, 'hidden': tuple(s.hidden)},
+            'output_noise': (s.sigma, s.sigma_floor) if s.learn_sigma else None}
+
+  def sigma(self, generator, params):
+    """The output-noise scale: the generator's learned one, or the fixed config.bounds.mi.sigma."""
+    if self.section.learn_sigma:
+      return generator.noise_std(params)
+    return jnp.asarray(self.section.sigma, jnp.float32)
+
+  def samples(self, generator, params, z, key):
+    x, stats = generator.sample(params, z)
+    return add_output_noise(x, self.sigma(generator, params), key), stats
+
+  def _apply(self, mi_net):
+    return lambda p, *args: mi_net.apply_fn({'params': p}, *args)
+
+  def mi_net_loss(self, mi_params, mi_net, x, z):
+    """The MI network maximises the MI bound on fixed (stop-gradient) generator samples."""
+    mi, _ = mi_losses(self.section.estimator, self._apply(mi_net), mi_params, sg(x), z)
+    return -mi
+
+  def entropy(self, inputs: base.GeneratorInputs):
+    mi_net = inputs.mi_net
+    mi, aux = mi_losses(self.section.estimator, self._apply(mi_net), sg(mi_net.params),
+                        inputs.x, inputs.z)
+    sigma = self.sigma(inputs.generator, inputs.params)
+    h = entropy_lower_bound(mi, inputs.x[0].size, sigma)
+    # With 'jsd' this is an estimate, not a bound (`jsd_estimator`).
+    return h, {'entropy': sg(h), 'mi/value': aux['mi'], 'mi/sigma': sg(sigma)}

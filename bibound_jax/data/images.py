@@ -40,9 +40,17 @@ dynamic-shape `downsampled_imagenet` under mock_data) are center-cropped to a sq
 from __future__ import annotations
 
 import dataclasses
+import queue
+import threading
+import time
+import weakref
 from typing import Iterator
 
+import jax
+import numpy as np
 from absl import logging
+
+from bibound_jax import sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,3 +232,125 @@ def build_dataset(name: str, split: str, batch_size: int, data_dir: str | None =
                         shuffle_buffer=shuffle_buffer, prefetch=prefetch,
                         image_size=image_size)
   return iter(tfds.as_numpy(ds))
+
+
+# ---------------------------------------------------------------------------------------------
+# The training stream and evaluation batches.
+# ---------------------------------------------------------------------------------------------
+
+def tf_cpu_only() -> None:
+  """Keep TensorFlow (tf.data only) off the accelerators, which JAX owns."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:  # TF already initialised its devices: nothing to do
+    pass
+
+
+def data_seed(seed: int, start_step: int) -> int:
+  """The tf.data seed of a run (re)started at `start_step`: a 31-bit hash of both."""
+  return int(np.random.SeedSequence([int(seed), int(start_step)]).generate_state(1)[0] >> 1)
+
+
+class _Failure:
+  def __init__(self, error: BaseException):
+    self.error = error
+
+
+def _fill(produce, out: queue.Queue, stop: threading.Event) -> None:
+  """Put produce() results into `out` until `stop`; an exception is passed on and ends it."""
+  while not stop.is_set():
+    try:
+      item = produce()
+    except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+      item = _Failure(e)
+    while not stop.is_set():
+      try:
+        out.put(item, timeout=0.1)
+        break
+      except queue.Full:
+        continue
+    if isinstance(item, _Failure):
+      return
+
+
+class Prefetch:
+  """batch_at(step) over a stream of device batches, `depth` of them prepared ahead by a daemon
+  thread. Steps must be consecutive from `start_step` (the stream cannot seek)."""
+
+  def __init__(self, produce, start_step: int = 0, depth: int = 2):
+    self._queue = queue.Queue(maxsize=depth)
+    self._stop = threading.Event()
+    self._next = start_step
+    self.waited = 0.0   # seconds callers blocked on an empty queue (the run loop logs it)
+    threading.Thread(target=_fill, args=(produce, self._queue, self._stop), daemon=True,
+                     name='image-prefetch').start()
+    weakref.finalize(self, self._stop.set)
+
+  def __call__(self, step: int) -> jax.Array:
+    if step != self._next:
+      raise ValueError(f'The image stream gives iteration {self._next} next, not {step}: '
+                       'batch_at must be called with consecutive steps.')
+    start = time.perf_counter()
+    item = self._queue.get()
+    self.waited += time.perf_counter() - start
+    if isinstance(item, _Failure):
+      raise item.error
+    self._next += 1
+    return item
+
+  def close(self) -> None:
+    self._stop.set()
+
+
+def batch_stream(name: str, seed: int, start_step: int, energy_steps: int, batch_size: int,
+                 mesh=None, data_dir: str | None = None, download: bool = False) -> Prefetch:
+  """batch_at(step) -> (energy_steps, B, H, W, 3) in `sharding.batch_sharding(mesh)` for
+  consecutive steps from `start_step`, from the training split of `name`.
+
+  Each process reads its own slice of the split with the per-process batch B / processes, and
+  `sharding.global_batch` assembles the global array; a daemon thread keeps two batches on
+  device ahead of the loop. The stream is seeded by `data_seed(seed, start_step)`: a resumed
+  run draws a fresh, reproducible stream, but NOT the batches the interrupted run would have
+  drawn (a tf.data shuffle cannot be fast-forwarded cheaply)."""
+  spec = resolve(name)
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  processes = jax.process_count()
+  if batch_size % processes:
+    raise ValueError(f'config.train.batch_size = {batch_size} must divide by the {processes} '
+                     'processes.')
+  local = batch_size // processes
+  tf_cpu_only()
+  # Built here, not in the thread, so a missing data set raises at once.
+  stream = build_dataset(name, spec.train_split, energy_steps * local, data_dir=data_dir,
+                         train=True, seed=data_seed(seed, start_step), download=download,
+                         process_index=jax.process_index(), process_count=processes)
+
+  def produce():
+    x = next(stream)['image'].reshape((energy_steps, local) + spec.shape)
+    return sharding.global_batch(x, mesh)
+  return Prefetch(produce, start_step)
+
+
+def image_batches(name: str, split: str, n: int | None, batch_size: int, data_dir=None,
+                  download: bool = False, image_size: int | None = None):
+  """Batches (b, S, S, 3) in [-1, 1] of the first `n` images (all when None) of `split`, in
+  file order, no flips."""
+  tf_cpu_only()
+  held = 0
+  for batch in build_dataset(name, split, batch_size, data_dir=data_dir, train=False,
+                             download=download, image_size=image_size):
+    x = batch['image'] if n is None else batch['image'][:n - held]
+    held += len(x)
+    yield x
+    if n is not None and held >= n:
+      return
+
+
+def load_images(name: str, split: str, n: int | None, batch_size: int, data_dir=None,
+                download: bool = False, image_size: int | None = None) -> np.ndarray:
+  """`image_batches` as one array (N, S, S, 3)."""
+  out = list(image_batches(name, split, n, batch_size, data_dir, download, image_size))
+  if not out:
+    raise ValueError(f'Split {split!r} of {name} holds no images.')
+  return np.concatenate(out)

@@ -1,4 +1,4 @@
-"""MNIST digits (TFDS when prepared, else an embedded real subset) and StackedMNIST (DESIGN.md 6).
+"""MNIST digits (TFDS when prepared, else an embedded real subset) and StackedMNIST batches.
 
 Sources, in the order `load_mnist(source='auto')` tries them:
 
@@ -12,16 +12,21 @@ Sources, in the order `load_mnist(source='auto')` tries them:
 
 StackedMNIST: three digits drawn independently and uniformly (with replacement) fill the three
 channels of a 28x28x3 image; its mode is 100 * label_ch0 + 10 * label_ch1 + label_ch2, so there
-are 1,000 modes. Batches are a pure function of (seed, step), so any step can be regenerated
-(exact resume).
+are 1,000 modes. The digits live on every device as one uint8 array and a training batch is
+drawn inside jit from (seed, step) (`batch_fn`), so any step can be regenerated (exact resume)
+and no 28x28x3 image exists on the host.
 """
 from __future__ import annotations
 
+import functools
 import os
-from typing import Iterator
 
-from absl import logging
+import jax
+import jax.numpy as jnp
 import numpy as np
+from absl import logging
+
+from bibound_jax import sharding
 
 EMBEDDED_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'mnist_5k.npz')
 EMBEDDED_TEST_PER_CLASS = 50
@@ -152,53 +157,24 @@ def stacked_modes(digit_labels: np.ndarray) -> np.ndarray:
       np.int32)
 
 
-class StackedMNIST:
-  """Deterministic StackedMNIST batches: each batch is a pure function of (seed, step).
+def stacked_batch(digits, key, batch_size: int):
+  """(x float32 (B, 28, 28, 3) in [-1, 1], index int32 (B, 3)) from uint8 digits (N, 28, 28):
+  channel c of sample b is digit index[b, c], drawn uniformly with replacement."""
+  index = jax.random.randint(key, (batch_size, 3), 0, digits.shape[0])
+  x = jnp.moveaxis(digits[index], 1, -1).astype(jnp.float32)   # (B, 3, 28, 28) -> (B, 28, 28, 3)
+  return x / 127.5 - 1.0, index
 
-  For step t the generator is `np.random.default_rng(SeedSequence(seed, spawn_key=(t,)))`; it
-  draws (batch_size, 3) digit indices uniformly with replacement, channel c of sample b is digit
-  indices[b, c]. Nothing is stateful, so resuming at step t reproduces the exact stream.
-  """
 
-  def __init__(self, images: np.ndarray, labels: np.ndarray, seed: int):
-    images = np.asarray(images)
-    if images.ndim == 4 and images.shape[-1] == 1:
-      images = images[..., 0]
-    if images.dtype != np.uint8 or images.shape[1:] != (28, 28):
-      raise ValueError(f'images must be uint8 (N, 28, 28), got {images.dtype} {images.shape}.')
-    labels = np.asarray(labels).astype(np.int32)
-    if labels.shape != images.shape[:1]:
-      raise ValueError(f'labels shape {labels.shape} does not match {images.shape[0]} images.')
-    if labels.size == 0 or labels.min() < 0 or labels.max() >= NUM_CLASSES:
-      raise ValueError('labels must be digits 0..9 and not empty.')
-    if int(seed) < 0:
-      raise ValueError(f'seed must be non-negative, got {seed}.')
-    self.images, self.labels, self.seed = images, labels, int(seed)
+def batch_fn(images: np.ndarray, seed: int, energy_steps: int, batch_size: int, mesh=None):
+  """batch_at(step) -> (energy_steps, B, 28, 28, 3): the training batch of iteration `step`,
+  a pure function of (seed, step), drawn on device in its batch sharding from the digits
+  `images` (uint8 (N, 28, 28), replicated once on the mesh)."""
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  digits = sharding.replicate(jnp.asarray(images, jnp.uint8), mesh)
+  data_key = jax.random.fold_in(jax.random.key(seed), 1)
 
-  @property
-  def num_digits(self) -> int:
-    return int(self.labels.shape[0])
-
-  def rng(self, step: int) -> np.random.Generator:
-    """The NumPy generator of batch `step`."""
-    if int(step) < 0:
-      raise ValueError(f'step must be non-negative, got {step}.')
-    return np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(int(step),)))
-
-  def indices(self, step: int, batch_size: int) -> np.ndarray:
-    """int (batch_size, 3): which digit fills each channel of each sample of batch `step`."""
-    return self.rng(step).integers(0, self.num_digits, size=(batch_size, 3))
-
-  def batch(self, step: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """-> (x float32 (B, 28, 28, 3) in [-1, 1], modes int32 (B,))."""
-    idx = self.indices(step, batch_size)
-    x = to_unit_range(np.moveaxis(self.images[idx], 1, -1))   # (B, 3, 28, 28) -> (B, 28, 28, 3)
-    return x, stacked_modes(self.labels[idx])
-
-  def iterate(self, start_step: int = 0,
-              batch_size: int = 64) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Endless `batch(step, batch_size)` for step = start_step, start_step + 1, ..."""
-    step = int(start_step)
-    while True:
-      yield self.batch(step, batch_size)
-      step += 1
+  @functools.partial(jax.jit, out_shardings=sharding.batch_sharding(mesh))
+  def batch_at_(digits, step):
+    x, _ = stacked_batch(digits, jax.random.fold_in(data_key, step), energy_steps * batch_size)
+    return x.reshape(energy_steps, batch_size, 28, 28, 3)
+  return lambda step: batch_at_(digits, step)

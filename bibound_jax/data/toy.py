@@ -1,4 +1,4 @@
-"""2-D toy data sets (DESIGN.md sections 6-7): samplers in JAX, exact log-densities in NumPy.
+"""2-D toy data sets: samplers in JAX, exact log-densities in NumPy, the training batches.
 
 Each data set is a mixture of isotropic Gaussians, x = c + sigma * eps with eps ~ N(0, I_2):
 
@@ -21,7 +21,8 @@ For swiss roll and two moons the density is a continuous mixture along the curve
 p(x) = int pi(t) N(x; c(t), sigma^2 I) dt with pi uniform over the parameter (t or th, not arc
 length), which `log_density` evaluates by composite Gauss-Legendre quadrature in t.
 
-Samplers take an explicit PRNG key and are jitted with `name` and `n` static.
+Samplers take an explicit PRNG key and are jitted with `name` and `n` static. `batch_fn` gives
+the training batches, a pure function of (seed, step).
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import special
+
+from bibound_jax import sharding
 
 DATASETS = ('25gaussians', 'swiss_roll', 'two_moons')
 
@@ -256,3 +259,19 @@ def mass_outside_box(name: str, half_width: float) -> float:
                    + special.ndtr((centres - half_width) / sigma), 1.0)
   out_either = out[:, 0] + out[:, 1] - out[:, 0] * out[:, 1]
   return float(np.sum(np.exp(log_w) * out_either))
+
+
+def batch_fn(name: str, seed: int, energy_steps: int, batch_size: int, mesh=None):
+  """batch_at(step) -> (energy_steps, B, 2): the training batch of iteration `step`, a pure
+  function of (seed, step), jit-compiled and produced directly in its batch sharding (each
+  device generates its own slice), so a resumed run sees exactly the batches of an
+  uninterrupted one."""
+  _check_name(name)
+  data_key = jax.random.fold_in(jax.random.key(seed), 1)
+  mesh = sharding.make_mesh() if mesh is None else mesh
+
+  @functools.partial(jax.jit, out_shardings=sharding.batch_sharding(mesh))
+  def batch_at(step):
+    key = jax.random.fold_in(data_key, step)
+    return sample(name, key, energy_steps * batch_size).reshape(energy_steps, batch_size, -1)
+  return batch_at

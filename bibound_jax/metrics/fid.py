@@ -1,4 +1,4 @@
-"""Frechet Inception Distance and Inception Score (DESIGN.md section 6).
+"""Frechet Inception Distance and Inception Score (docs/experiments.md, "Images").
 
 FID (Heusel et al. 2017) between Gaussians fitted to Inception pool3 features (2048-d) of two sets:
 

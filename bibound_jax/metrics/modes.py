@@ -1,4 +1,4 @@
-"""StackedMNIST mode metrics (DESIGN.md section 6).
+"""StackedMNIST mode metrics (docs/experiments.md, "StackedMNIST").
 
 Each sample's three channels are classified by an MNIST classifier; its mode is
 m = 100 * digit_ch0 + 10 * digit_ch1 + digit_ch2 in {0, ..., 999}. Over N samples (the paper:

@@ -1,4 +1,5 @@
-"""Out-of-distribution detection metrics: AUROC and AUPRC, exact (DESIGN.md section 6).
+"""Out-of-distribution detection metrics: AUROC and AUPRC, exact (docs/experiments.md,
+"OOD detection").
 
 Convention: the score of an input is s(x) = -E(x) (higher = more in-distribution), and the
 in-distribution test set is the POSITIVE class. `scores_in` are the scores of in-distribution test

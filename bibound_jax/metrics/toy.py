@@ -1,4 +1,5 @@
-"""Toy 2-D metrics (DESIGN.md section 6): mode coverage, sample quality, grid KL. NumPy only.
+"""Toy 2-D metrics (docs/experiments.md, "Toys"): mode coverage, sample quality, grid KL.
+NumPy only.
 
 * Mode coverage / high-quality fraction (PacGAN / VEEGAN convention): a sample is of high quality
   if it lies within 3 std (Euclidean distance) of its nearest mode centre; a mode is covered if it

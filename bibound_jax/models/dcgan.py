@@ -1,9 +1,9 @@
 """DCGAN energies and generators for 32x32x3 (CIFAR-10, ImageNet32) and 28x28x3 (StackedMNIST).
 
-DESIGN.md section 7. Conventions as in `bibound_jax.models.toy`: an energy maps x (B, H, W, 3) to
-(B,) and treats samples independently (no BatchNorm); a generator maps z (B, latent_dim) to
-(B, H, W, 3) in [-1, 1] and takes `train` for its BatchNorm (running averages when train=False,
-which makes it per-sample too). Both carry `data_shape`; generators carry `latent_dim`.
+docs/experiments.md, "Images". Conventions as in `bibound_jax.models.toy`: an energy maps
+x (B, H, W, 3) to (B,) and treats samples independently (no BatchNorm); a generator maps
+z (B, latent_dim) to (B, H, W, 3) in [-1, 1] and takes `train` for its BatchNorm (running
+averages when train=False, which makes it per-sample too). Both carry `data_shape`; generators carry `latent_dim`.
 
 * `DCGANEnergy` / `DCGANGenerator`: the "standard CNN" of the SNGAN paper (Miyato et al., 2018,
   Table 3), which is also the DCGAN of the authors' code. E: conv3x3 64, conv4x4/2 64, conv3x3 128,

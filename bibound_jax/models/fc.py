@@ -1,4 +1,5 @@
-"""The fully connected StackedMNIST pair (DESIGN.md section 7), built from the toy MLP modules.
+"""The fully connected StackedMNIST pair (docs/experiments.md, "StackedMNIST"), built from the
+toy MLP modules.
 
   E: 2352-2000-1000-500-250-250-1, PReLU, learnable output scale (`MLPEnergy`).
   G: z-500-1000-2000-2352, Linear -> PReLU -> BatchNorm blocks, tanh, reshaped to 28x28x3

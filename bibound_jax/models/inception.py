@@ -1,4 +1,4 @@
-"""Inception-v3 as used for FID and Inception Score (DESIGN.md section 6).
+"""Inception-v3 as used for FID and Inception Score (docs/experiments.md, "Images").
 
 This is the 2015 TensorFlow graph (`inception-2015-12-05`, the network of the original FID and IS
 code) in the form pytorch-fid ported it: torchvision's Inception-v3 layout with 1008 output classes,

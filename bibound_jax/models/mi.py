@@ -1,4 +1,4 @@
-"""Encoder and critic networks for the mutual-information entropy bounds (DESIGN.md section 3).
+"""The MI network of the mutual-information entropy bound (docs/bounds.md, "The MI entropy bound").
 
   GaussianEncoder   x (K, ...) -> (mu, logstd), each (K, d): q(z | x) for the Barber-Agakov bound.
   SeparableCritic   (x, z) -> (K, K) scores f(x_i) . g(z_j): K forward passes per network;
@@ -42,7 +42,8 @@ class GaussianEncoder(nn.Module):
   min_logstd: float = -7.0
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, z=None):
+    del z   # the signature of the critics, (x, z); the encoder reads x only
     h = jnp.reshape(x, (x.shape[0], -1))
     out = MLP(self.hidden, 2 * self.latent_dim)(h)
     mu, raw = jnp.split(out, 2, axis=-1)

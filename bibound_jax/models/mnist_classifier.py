@@ -1,4 +1,5 @@
-"""A small CNN digit classifier, used only to count StackedMNIST modes (DESIGN.md section 6).
+"""A small CNN digit classifier, used only to count StackedMNIST modes (docs/experiments.md,
+"StackedMNIST").
 
 Input (B, 28, 28, 1) in [-1, 1], output logits (B, 10). Two conv blocks (3x3 conv + ReLU, 2x2 max
 pool) and a two-layer head; no BatchNorm or dropout, so `apply` needs only the params.

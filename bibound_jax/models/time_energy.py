@@ -1,20 +1,44 @@
-"""Time-conditioned energies E(x, t) for the diffusion upper bound (DESIGN.md section 5).
+"""Time-conditioned energies E(x, t) for the diffusion upper bound (docs/bounds.md, "The diffusion
+upper bound").
 
 Every module maps x (B, ...) and t (B,) (or a scalar, or None) to energies (B,), treating samples
 independently. t = None means t = 0, and E(x, 0) is the EBM used everywhere else, so
-`module.apply(variables, x)` is a drop-in energy for `bibound_jax.train` while
-`module.apply(variables, x, t)` feeds `bibound_jax.bounds.diffusion.dsm_loss`.
+`module.apply(variables, x)` is a drop-in energy for the train step while
+`module.apply(variables, x, t)` is what the diffusion bound differentiates.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from bibound_jax.bounds.diffusion import sinusoidal_embedding
 from bibound_jax.models.toy import PRELU_INIT
 from bibound_jax.models.toy import SNDense
+
+Array = jax.Array
+
+
+def sinusoidal_embedding(t: Array, dim: int, scale: float = 1000.0,
+                         max_period: float = 10000.0) -> Array:
+  """Transformer-style embedding of times t (B,) -> (B, dim): [sin(s t w_k), cos(s t w_k)].
+
+  w_k = max_period^(-k / half), k = 0..half-1, half = dim // 2; a zero column pads odd dim. Times
+  are scaled by `scale` (default 1000: t in [0, 1] then spans the range of DDPM step indices, so
+  the lowest frequency turns slowly and the highest resolves steps of 1e-3). Pass scale = 1000 / T
+  for another horizon T. At t = 0 the embedding is [0, ..., 0, 1, ..., 1].
+  """
+  t = jnp.asarray(t)
+  dtype = t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else jnp.float32
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=dtype) / half)
+  args = scale * t.astype(dtype)[..., None] * freqs
+  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.concatenate([emb, jnp.zeros_like(emb[..., :1])], axis=-1)
+  return emb
 
 
 def _times(t, x):

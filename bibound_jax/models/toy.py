@@ -1,4 +1,4 @@
-"""Toy 2-D networks from the authors' code (DESIGN.md section 7).
+"""Toy 2-D networks from the authors' code (docs/experiments.md, "Toys").
 
 Every energy maps a batch x (B, ...) to energies (B,) and treats samples independently (the
 bounds rely on it); every generator maps z (B, d) to samples (B, ...) and takes `train` for its

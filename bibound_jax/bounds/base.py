@@ -1,0 +1,117 @@
+"""What a bound is to the train step: one small interface (docs/bounds.md, "Adding a bound").
+
+Each iteration, the energy minimises the upper bound and the generator maximises the lower
+bound (docs/bounds.md, "The objective"):
+
+    energy:     loss_E = mean E(x_data) - mean E(sg x_fake) + upper.term(...)
+    generator:  loss_G = mean E(x)  - lambda_H * lower.entropy(...)
+
+A bound is a class with a `name`, the defaults of its config section `config.bounds.<name>`
+(`DEFAULTS`; none when empty), a `validate(config)` that checks that section, and its term.
+Instances are built from the whole config; `bibound_jax.bounds.from_config` picks them by
+`config.bounds.lower` / `config.bounds.upper` from the registry in `bounds/__init__.py`.
+The train step calls the instances; it never looks at their names.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, ClassVar
+
+import jax
+
+Array = jax.Array
+
+
+class Bound:
+  """A bound's name, config section defaults and checks (subclass LowerBound/UpperBound)."""
+  name: ClassVar[str] = ''
+  DEFAULTS: ClassVar[dict] = {}
+
+  def __init__(self, config):
+    self.config = config
+
+  @property
+  def section(self):
+    """This bound's config section, config.bounds.<name>."""
+    return self.config.bounds[self.name]
+
+  @classmethod
+  def validate(cls, config) -> None:
+    """Raise config_checks.ConfigError, naming the key, for a bad value of the section."""
+
+  def network_options(self) -> dict:
+    """Keyword arguments of `models.create_models` for the networks this bound needs."""
+    return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class EnergyInputs:
+  """What an energy update hands the upper bound.
+
+  energy_fn: x (B, ...) -> E (B,), differentiable in the energy parameters (closed over);
+  energy_t_fn: (x, t) -> E(x, t) for time-conditioned energies (else None);
+  x_data, x_fake: this update's data and (stop-gradient) generator samples; z: their latents;
+  key: this update's PRNG key; step: the iteration; generator: the generator as the bounds see
+  it (`bibound_jax.generator.Generator`, at its current parameters)."""
+  energy_fn: Callable[[Array], Array]
+  energy_t_fn: Callable[[Array, Array], Array] | None
+  x_data: Array
+  x_fake: Array
+  z: Array
+  key: Array
+  step: Array
+  generator: Any
+
+
+class UpperBound(Bound):
+  """B >= KL(p_g || p_theta): the energy's regulariser."""
+  # Needs a time-conditioned energy E(x, t) (models.create_models(time_conditioned=True)).
+  time_conditioned: ClassVar[bool] = False
+
+  def term(self, inputs: EnergyInputs) -> tuple[Array, dict, Any]:
+    """(term, metrics, carry): the scalar added to loss_E, differentiable in the energy
+    parameters; scalar diagnostics; and work that the following generator update may reuse
+    (`LowerBound.reuses`), or None."""
+    raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorInputs:
+  """What the generator update hands the lower bound.
+
+  generator, params: the generator and the parameters being differentiated; z: latents;
+  x: the samples `LowerBound.samples` made from them (differentiable); key: PRNG key;
+  mi_net: the MI network's TrainState (None unless the bound asked for one); carry: the
+  upper bound's carry from the last energy update when `reuses(carry)`, else None."""
+  generator: Any
+  params: Any
+  z: Array
+  x: Array
+  key: Array
+  mi_net: Any = None
+  carry: Any = None
+
+
+class LowerBound(Bound):
+  """H[p_g] >= h: the generator's entropy term."""
+  has_entropy: ClassVar[bool] = True   # False: no entropy term (lambda_H plays no role)
+
+  def samples(self, generator, params, z: Array, key: Array):
+    """(x, new BatchNorm statistics): the generator's samples whose entropy is bounded."""
+    del key
+    return generator.sample(params, z)
+
+  def entropy(self, inputs: GeneratorInputs) -> tuple[Array | None, dict]:
+    """(term, metrics): the term multiplied by lambda_H in loss_G, equal to the entropy lower
+    bound up to a constant, differentiable in the generator parameters (None: no entropy term);
+    metrics['entropy'] reports the bound itself."""
+    raise NotImplementedError
+
+  def reuses(self, carry) -> bool:
+    """Whether the generator update takes the last energy update's latents and `carry`."""
+    del carry
+    return False
+
+  def mi_net_loss(self, mi_params, mi_net, x: Array, z: Array) -> Array:
+    """The loss of the MI network (bounds that ask for one in `network_options`)."""
+    raise NotImplementedError(f'lower bound {self.name!r} has no MI network.')

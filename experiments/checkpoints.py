@@ -1,0 +1,156 @@
+"""Checkpoints of a run in workdir/checkpoints/<step>/ (orbax): open, save, restore.
+
+A checkpoint holds the whole `train.BiboundState` (every TrainState, the iteration count and
+the skipped-update count), the run's PRNG key and the config it was trained with. Orbax
+writes to a temporary directory and renames it when complete, so a save killed half way is
+never listed. The run loop opens the manager writable; `experiments.evaluate` and
+`experiments.ood` open it read-only (nothing is saved or pruned).
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from bibound_jax import train
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint cannot be used; the message names the file and what to do."""
+
+
+class NonFiniteError(FloatingPointError):
+  """A loss, energy or gradient became NaN/Inf; the message names the step and the metric."""
+
+
+# Config keys that may change between a run and its resumption (they do not change what the
+# saved state means); any other difference is an error. A key ending in '.' is a prefix.
+RESUMABLE_KEYS = ('train.num_steps', 'train.log_every', 'train.eval_every',
+                  'train.checkpoint_every', 'train.keep_checkpoints', 'train.nonfinite',
+                  'train.steps_per_call', 'train.divergence_gap', 'train.divergence_energy',
+                  'eval.', 'data.data_dir', 'data.download')
+
+
+def open_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+  """Orbax manager over workdir/checkpoints keeping the latest `keep` (writable) or touching
+  nothing (read_only)."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep,
+                                         create=not read_only, read_only=read_only)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
+                               options=options)
+
+
+def step_dir(manager: ocp.CheckpointManager, step: int) -> str:
+  return os.path.join(str(manager.directory), str(step))
+
+
+_all_finite = jax.jit(train.all_finite)
+
+
+def save(manager: ocp.CheckpointManager, state: train.BiboundState, rng: jax.Array,
+         config) -> None:
+  """Save the state, the run's PRNG key and the config at `state.step`. A state with NaN/Inf
+  parameters is never saved (NonFiniteError; the last good checkpoint is kept)."""
+  step = int(state.step)
+  if not bool(_all_finite((state.energy.params, state.generator.params))):
+    raise NonFiniteError(f'Refusing to checkpoint iteration {step}: the parameters are not '
+                         'finite. The last good checkpoint is kept.')
+  items = {'state': state, 'rng': jax.random.key_data(rng)}
+  manager.save(step, args=ocp.args.Composite(
+      train=ocp.args.StandardSave(items),
+      config=ocp.args.JsonSave(config.to_dict())), force=True)
+  manager.wait_until_finished()
+
+
+def flatten(d: dict, prefix: str = '') -> dict:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def config_differences(saved: dict, current: dict, allowed=RESUMABLE_KEYS) -> list[str]:
+  """'key: saved -> now' for every key that differs and is not in `allowed`."""
+  a, b = flatten(saved), flatten(current)
+  diffs = []
+  for key in sorted(set(a) | set(b)):
+    if any(key == k or (k.endswith('.') and key.startswith(k)) for k in allowed):
+      continue
+    va, vb = a.get(key, '<missing>'), b.get(key, '<missing>')
+    va, vb = (tuple(v) if isinstance(v, list) else v for v in (va, vb))
+    if va != vb:
+      diffs.append(f'{key}: {va!r} in the checkpoint, {vb!r} now')
+  return diffs
+
+
+def choose_step(manager: ocp.CheckpointManager, step: int | None) -> int:
+  """`step` (default: the latest) if it is a checkpoint; CheckpointError naming the ones there."""
+  steps = sorted(manager.all_steps())
+  if not steps:
+    raise CheckpointError(f'No checkpoint in {manager.directory}: train first with '
+                          'python -m experiments.main.')
+  if step is None:
+    return steps[-1]
+  if step not in steps:
+    raise CheckpointError(f'No checkpoint of step {step} in {manager.directory}; '
+                          f'available: {", ".join(map(str, steps))}.')
+  return step
+
+
+def _fallback(manager, step: int) -> str:
+  earlier = [s for s in manager.all_steps() if s < step]
+  if earlier:
+    return (f'The previous checkpoint is step {earlier[-1]}: delete {step_dir(manager, step)} '
+            'to resume from it.')
+  return 'There is no earlier checkpoint: use a new --workdir to start over.'
+
+
+def saved_config(manager: ocp.CheckpointManager, step: int) -> dict:
+  """The config saved with checkpoint `step` (CheckpointError when unreadable)."""
+  try:
+    return manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore()))['config']
+  except Exception as e:  # noqa: BLE001 - any failure to read means the file is unusable
+    raise CheckpointError(f'Checkpoint {step_dir(manager, step)} is corrupt or truncated (its '
+                          f'config cannot be read: {type(e).__name__}: {e}). '
+                          f'{_fallback(manager, step)}') from e
+
+
+def check_config(manager: ocp.CheckpointManager, step: int, config,
+                 allowed=RESUMABLE_KEYS) -> None:
+  """CheckpointError listing the keys where `config` differs from checkpoint `step`'s."""
+  diffs = config_differences(saved_config(manager, step), config.to_dict(), allowed)
+  if diffs:
+    raise CheckpointError(
+        f'The workdir holds checkpoints of a different config ({step_dir(manager, step)}):\n  '
+        + '\n  '.join(diffs) + '\nUse a new --workdir, or rerun with the saved values.')
+
+
+def restore(manager: ocp.CheckpointManager, state: train.BiboundState, rng: jax.Array,
+            step: int | None = None, config=None):
+  """(state, rng) from checkpoint `step` (default: the latest), or None when there is none.
+
+  `state` and `rng` give the structure, shapes, dtypes and shardings (arrays or
+  ShapeDtypeStructs). With `config`, the saved config must agree with it (outside
+  RESUMABLE_KEYS). CheckpointError names the checkpoint, the differing keys, or, for an
+  unreadable checkpoint, the previous one to fall back to."""
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    return None
+  if config is not None:
+    check_config(manager, step, config)
+  template = {'state': state, 'rng': jax.random.key_data(rng)}
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        train=ocp.args.StandardRestore(abstract)))['train']
+  except Exception as e:  # noqa: BLE001
+    raise CheckpointError(f'Checkpoint {step_dir(manager, step)} is corrupt or truncated and '
+                          f'cannot be restored ({type(e).__name__}: {str(e)[:300]}). '
+                          f'{_fallback(manager, step)}') from e
+  return restored['state'], jax.random.wrap_key_data(restored['rng'])
