@@ -134,19 +134,20 @@ def time_steps():
     runs = {}
     for impl in ('lax', 'patches'):
       cfg = get_config('dcgan32', preset)
-      _, state, _ = assemble.initial_state(cfg)
-      batch = jax.random.uniform(jax.random.key(1), (cfg.optim.energy_steps, cfg.train.batch_size,
+      _, state, rng = assemble.initial_state(cfg)
+      batch = jax.random.uniform(jax.random.key(1), (1, cfg.optim.energy_steps,
+                                                     cfg.train.batch_size,
                                                      *cfg.data.shape), minval=-1, maxval=1)
       step = train.make_train_step(cfg, donate=False)
       t = time.perf_counter()
       with conv.impl_scope(impl):           # the route is fixed when the step is traced
-        jax.block_until_ready(step(state, batch, jax.random.key(2)))
+        jax.block_until_ready(step(state, batch, rng))
       runs[impl] = [step, state, batch, time.perf_counter() - t, []]
     for _ in range(FLAGS.step_rounds):
       for impl, run in runs.items():
         step, state, batch, _, times = run
         t = time.perf_counter()
-        jax.block_until_ready(step(state, batch, jax.random.key(2)))
+        jax.block_until_ready(step(state, batch, rng))
         times.append(time.perf_counter() - t)
         assert step._cache_size() == 1
     med = {impl: float(np.median(run[4])) for impl, run in runs.items()}

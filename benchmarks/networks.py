@@ -1,4 +1,5 @@
-"""The network sets that the benchmarks time and probe, by name (the experiments' configs)."""
+"""The network sets that the benchmarks time and probe, by name (the experiments' configs), and
+the --set KEY=VALUE overrides of the benchmarks."""
 from __future__ import annotations
 
 import importlib
@@ -22,3 +23,15 @@ def get_config(network: str, preset: str):
   if network == 'dcgan28' and preset == 'mi+diff':   # no time-conditioned 28x28 CNN energy
     cfg.model.energy = type(cfg.model.energy)({'name': 'mlp', 'hidden': (1000, 500, 250, 250)})
   return cfg
+
+
+def apply_overrides(cfg, items) -> None:
+  """Apply 'dotted.key=value' overrides (values parsed as JSON unless the key holds a str)."""
+  import json
+  for item in items:
+    key, value = item.split('=', 1)
+    *path, name = key.split('.')
+    node = cfg
+    for part in path:
+      node = node[part]
+    node[name] = value if isinstance(node[name], str) else type(node[name])(json.loads(value))

@@ -1,102 +1,146 @@
-"""StackedMNIST mode coverage over wall time: SV+GP against the baselines, CPU-sized.
+"""StackedMNIST mode coverage over iterations and wall time, over seeds: the docs/results.md table.
 
-    python -m benchmarks.stackedmnist                         # sv+gp, r1, none; 4,000 iterations
-    python -m benchmarks.stackedmnist --presets=mi+diff --steps=3000 --segment=500
-    python -m benchmarks.stackedmnist --report_only           # print the table of finished runs
+    python -m benchmarks.stackedmnist --presets=sv+gp,wgan_gp --steps=20000 --num_seeds=2
+    python -m benchmarks.stackedmnist --report_only          # the table and figure of the runs
 
-Each preset trains `configs/stackedmnist.py:cpu,<preset>` in `workdir/<preset>` in segments of
-`--segment` iterations (each segment resumes the previous checkpoint and ends with the full
-mode-count evaluation), and records after every segment the cumulative wall time (training,
-evaluation and each segment's start-up), the number of modes hit out of 1,000, KL(modes || U),
-the largest mode's share of the samples and E(fake) - E(real). Rows go to
-`workdir/<preset>/bench.json`; the table is printed at the end (and by --report_only), so
-presets can run as separate processes, e.g. one per CPU core.
+Each preset trains `configs/stackedmnist.py:<variant>,<preset>` (variant `cpu` by default, plus
+--set overrides) for `--num_seeds` seeds in one run (train.num_seeds) in `workdir/<preset>`,
+evaluating every `--eval_every` iterations on `--num_samples` generated samples (26,000 as in
+the paper); rerunning resumes an interrupted run. Presets can run as separate processes (one
+per CPU core): every process prints the table of all presets found in the workdir. The table
+gives, per preset and evaluation, the modes hit (of 1,000) and KL(modes || uniform) as mean +-
+std over the seeds, the largest mode's share and the wall time (training and evaluations,
+across resumptions); `modes.png` draws modes and KL against iteration and against wall time,
+all presets on the same axes (mean over seeds, each seed thin).
 """
 from __future__ import annotations
 
-import json
 import os
-import time
 
+import numpy as np
 from absl import app
 from absl import flags
+from absl import logging
 
-flags.DEFINE_string('workdir', 'workdirs/bench_stackedmnist', 'Each preset gets a sub-directory.')
-flags.DEFINE_list('presets', ['sv+gp', 'r1', 'none'], 'Bound presets (configs/common.py).')
-flags.DEFINE_integer('steps', 4_000, 'Training iterations per preset.')
-flags.DEFINE_integer('segment', 1_000, 'Iterations between evaluations.')
-flags.DEFINE_integer('seed', 0, 'Seed shared by all presets.')
-flags.DEFINE_bool('report_only', False, 'Only print the table of the runs in --workdir.')
+from benchmarks import networks
+
+flags.DEFINE_string('workdir', 'workdirs/bench_stackedmnist', 'Runs go to <workdir>/<preset>.')
+flags.DEFINE_list('presets', ['sv+gp', 'wgan_gp', 'r1', 'mi+diff', 'none'], 'Bound presets.')
+flags.DEFINE_string('variant', 'cpu', 'configs/stackedmnist.py argument besides the preset.')
+flags.DEFINE_integer('steps', 20_000, 'Training iterations per preset.')
+flags.DEFINE_integer('num_seeds', 2, 'Seeds per preset (config.seed + k), trained together.')
+flags.DEFINE_integer('seed', 0, 'The first seed.')
+flags.DEFINE_integer('eval_every', 2_000, 'Iterations between evaluations.')
+flags.DEFINE_integer('num_samples', 26_000, 'Generated samples per evaluation.')
+flags.DEFINE_multi_string('set', [], 'KEY=VALUE config overrides for every preset (repeatable).')
+flags.DEFINE_bool('report_only', False, 'Only print the table and draw the figure.')
 FLAGS = flags.FLAGS
 
 
-def run_preset(preset: str, workdir: str) -> list[dict]:
-  """Train in segments; returns (and saves) one row per evaluation."""
+def config_for(preset: str):
   from configs import stackedmnist
+  cfg = stackedmnist.get_config(','.join(a for a in (FLAGS.variant, preset) if a))
+  cfg.seed = FLAGS.seed
+  cfg.train.num_seeds = FLAGS.num_seeds
+  cfg.train.num_steps = FLAGS.steps
+  cfg.train.eval_every = cfg.train.checkpoint_every = FLAGS.eval_every
+  cfg.eval.num_samples = FLAGS.num_samples
+  # One classifier for every preset: the same labels for every count.
+  cfg.eval.classifier_path = os.path.join(FLAGS.workdir, 'mnist_classifier.msgpack')
+  networks.apply_overrides(cfg, FLAGS.set)
+  return cfg
+
+
+def run_preset(preset: str, workdir: str) -> None:
+  from experiments import checkpoints
   from experiments import run
-
-  path = os.path.join(workdir, 'bench.json')
-  rows = []
-  if os.path.exists(path):
-    with open(path) as f:
-      rows = json.load(f)
-  wall = rows[-1]['wall_s'] if rows else 0.0
-  done = rows[-1]['step'] if rows else 0
-  for end in range(done + FLAGS.segment, FLAGS.steps + 1, FLAGS.segment):
-    cfg = stackedmnist.get_config(f'cpu,{preset}')
-    cfg.seed = FLAGS.seed
-    cfg.train.num_steps = end
-    cfg.train.eval_every = FLAGS.segment
-    cfg.train.checkpoint_every = FLAGS.segment
-    start = time.perf_counter()
-    try:
-      run.train_and_evaluate(cfg, workdir)
-    except run.NonFiniteError as e:   # the lower-bound-only baseline may blow up
-      print(f'{preset}: stopped before iteration {end}: {e}', flush=True)
-      rows.append({'preset': preset, 'step': end, 'diverged': str(e)[:200]})
-      break
-    wall += time.perf_counter() - start
-    with open(os.path.join(workdir, 'eval', f'metrics_{end}.json')) as f:
-      m = json.load(f)
-    rows.append({'preset': preset, 'step': end, 'wall_s': wall, **m})
-    with open(path, 'w') as f:
-      json.dump(rows, f, indent=1)
-    print(f'{preset} {end}: {m["modes"]} modes, KL {m["kl"]:.3f}, {wall / 60:.1f} min',
-          flush=True)
-  return rows
+  try:
+    run.train_and_evaluate(config_for(preset), workdir)
+  except checkpoints.NonFiniteError as e:   # the lower-bound-only baseline may blow up
+    print(f'{preset}: stopped: {e}', flush=True)
+    with open(os.path.join(workdir, 'diverged.txt'), 'w') as f:
+      f.write(str(e))
 
 
-def print_table(all_rows: list[list[dict]]) -> None:
-  print('\n| preset | iteration | wall (min) | modes (of 1000) | KL(modes \\|\\| U) | '
+def _stat(record: dict, key: str, seeds) -> tuple[float, float, list[float]]:
+  from experiments import history
+  values = history.seed_values(record, key, seeds)
+  return float(np.mean(values)), float(np.std(values)), values
+
+
+def print_table(histories: dict) -> None:
+  seeds = [FLAGS.seed + k for k in range(FLAGS.num_seeds)]
+  print(f'\nStackedMNIST {FLAGS.variant or "paper"} variant, {FLAGS.num_samples} samples per '
+        f'evaluation, seeds {seeds[0]}..{seeds[-1]}: mean +- std over seeds\n')
+  print('| preset | iteration | wall (min) | modes (of 1000) | KL(modes \\|\\| U) | '
         'largest mode | E(fake) - E(real) |')
   print('| --- | --- | --- | --- | --- | --- | --- |')
-  for rows in all_rows:
-    for r in rows:
-      if 'diverged' in r:
-        print(f'| {r["preset"]} | {r["step"]} | | non-finite: {r["diverged"][:60]} | | | |')
-        continue
-      print(f'| {r["preset"]} | {r["step"]} | {r["wall_s"] / 60:.1f} | {r["modes"]} | '
-            f'{r["kl"]:.3f} | {r["max_mode_fraction"]:.3f} | '
-            f'{r["energy_fake"] - r["energy_real"]:.2f} |')
-  if all_rows and all_rows[0]:
-    r = all_rows[0][0]
-    print(f'\nReal StackedMNIST samples, same count: {r["data_modes"]} modes, KL '
-          f'{r["data_kl"]:.3f} (the sampling-noise floor).')
+  floor = None
+  for preset, (hist, note) in histories.items():
+    for h in hist:
+      modes, kl, largest = (_stat(h, k, seeds) for k in ('modes', 'kl', 'max_mode_fraction'))
+      e = np.asarray(_stat(h, 'energy_fake', seeds)[2]) - np.asarray(
+          _stat(h, 'energy_real', seeds)[2])
+      print(f"| {preset} | {h['step']} | {h.get('wall_s', float('nan')) / 60:.1f} | "
+            f'{modes[0]:.0f} +- {modes[1]:.0f} | {kl[0]:.3f} +- {kl[1]:.3f} | '
+            f'{largest[0]:.3f} | {e.mean():.2f} |')
+      floor = floor or (_stat(h, 'data_modes', seeds)[0], _stat(h, 'data_kl', seeds)[0])
+    if note:
+      print(f'| {preset} | | | diverged: {note[:80]} | | | |')
+  if floor:
+    print(f'\nReal StackedMNIST samples, as many: {floor[0]:.0f} modes, KL {floor[1]:.3f} (the '
+          'sampling-noise floor).')
+
+
+def plot(histories: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  seeds = [FLAGS.seed + k for k in range(FLAGS.num_seeds)]
+  fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+  for preset, (hist, _) in histories.items():
+    if not hist:
+      continue
+    for col, x_of in enumerate((lambda h: h['step'], lambda h: h.get('wall_s', 0.0) / 60)):
+      for row, key in enumerate(('modes', 'kl')):
+        ax = axes[row, col]
+        x = [x_of(h) for h in hist]
+        line, = ax.plot(x, [_stat(h, key, seeds)[0] for h in hist], marker='o', ms=3,
+                        label=preset)
+        for k in range(len(seeds)):
+          ax.plot(x, [_stat(h, key, seeds)[2][k] for h in hist], color=line.get_color(),
+                  lw=0.5, alpha=0.5)
+  for row, key in enumerate(('modes (of 1000)', 'KL(modes || U)')):
+    for col, xlabel in enumerate(('iteration', 'wall time (min)')):
+      axes[row, col].set_xlabel(xlabel)
+      axes[row, col].set_ylabel(key)
+      axes[row, col].grid(alpha=0.3)
+  axes[1, 0].set_yscale('log')
+  axes[1, 1].set_yscale('log')
+  axes[0, 0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
 
 
 def main(argv):
   del argv
-  all_rows = []
+  from experiments import history
+  logging.set_verbosity(logging.WARNING)
+  if not FLAGS.report_only:
+    for preset in FLAGS.presets:
+      run_preset(preset, os.path.join(FLAGS.workdir, preset.replace('+', '_')))
+  histories = {}
   for preset in FLAGS.presets:
-    workdir = os.path.join(FLAGS.workdir, preset)
-    if FLAGS.report_only:
-      path = os.path.join(workdir, 'bench.json')
-      if os.path.exists(path):
-        with open(path) as f:
-          all_rows.append(json.load(f))
-      continue
-    all_rows.append(run_preset(preset, workdir))
-  print_table(all_rows)
+    workdir = os.path.join(FLAGS.workdir, preset.replace('+', '_'))
+    note = ''
+    if os.path.exists(os.path.join(workdir, 'diverged.txt')):
+      with open(os.path.join(workdir, 'diverged.txt')) as f:
+        note = f.read()
+    histories[preset] = (history.load(workdir), note)
+  print_table(histories)
+  plot(histories, os.path.join(FLAGS.workdir, 'modes.png'))
+  print(f"\nfigure: {os.path.join(FLAGS.workdir, 'modes.png')}")
 
 
 if __name__ == '__main__':

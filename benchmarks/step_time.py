@@ -2,6 +2,7 @@
 
     python -m benchmarks.step_time                       # toy networks (2-100-100, batch 200)
     python -m benchmarks.step_time --networks=toy,fc,dcgan32 --iters=5
+    python -m benchmarks.step_time --num_seeds=1,2,4,8,16 --pairings='sv+gp exact_smin'
       fc       StackedMNIST FC pair (configs/stackedmnist.py, d = 32, batch 64)
       fc_cpu   its CPU-sized variant (configs/stackedmnist.py:cpu)
       dcgan28  StackedMNIST DCGAN-style pair (configs/stackedmnist.py:cnn)
@@ -9,7 +10,9 @@
 
 Each pairing's jit-compiled step is compiled first, then all pairings are timed in interleaved
 rounds (so machine noise hits them alike); the table gives the median ms per iteration over
-rounds and its ratio to the wgan_gp step measured in the same process. Iterations run
+rounds and its ratio to the wgan_gp step measured in the same process. With several
+--num_seeds, each pairing also runs that many seeds in one compiled step (train.num_seeds), and
+the table gives the time per seed-iteration and its ratio to the first seed count. Iterations run
 `train.steps_per_call` per compiled call as in the run loop (the toy: 10); --steps_per_call=1
 times one call per iteration. For the CIFAR-10 DCGAN on CPU add --latent_chunk=8: the exact
 estimators' 128-column Jacobians of 64 latents do not fit in memory at once.
@@ -36,6 +39,8 @@ flags.DEFINE_integer('iters', 100, 'Iterations per pairing per round.')
 flags.DEFINE_list('networks', ['toy'], 'Network sets to time: toy, fc, fc_cpu, dcgan28, dcgan32.')
 flags.DEFINE_string('pairings', '', 'Only these pairing labels, separated by ";" (default: '
                     'all; wgan_gp always runs).')
+flags.DEFINE_list('num_seeds', ['1'], 'Seed counts (train.num_seeds) to time, e.g. 1,4,8,16; '
+                  'the per-seed ratios are to the first.')
 flags.DEFINE_integer('warmup', 3, 'Untimed iterations per pairing after compilation.')
 flags.DEFINE_integer('steps_per_call', 0, 'Iterations per compiled call (0: the config\'s '
                      'train.steps_per_call, as the run loop uses it).')
@@ -63,26 +68,29 @@ PAIRINGS = [
 ]
 
 
-def make_runner(network, preset, overrides):
-  """run(n): n training iterations (a multiple of steps_per_call) on a fixed batch."""
+def make_runner(network, preset, overrides, num_seeds=1):
+  """run(n): n training iterations (a multiple of steps_per_call) of `num_seeds` seeds at once
+  on a fixed batch."""
   cfg = get_config(network, preset)
   cfg.bounds.sv.update(overrides)
+  cfg.train.num_seeds = num_seeds
   if FLAGS.latent_chunk >= 0:
     cfg.bounds.sv.latent_chunk = FLAGS.latent_chunk
   k = FLAGS.steps_per_call or cfg.train.steps_per_call
   # On the mesh, as the run loop places it: a fresh host state would make the second call
   # compile again (its outputs are committed replicated arrays), inside the timed iterations.
   _, state, _ = assemble.initial_state(cfg)
-  batch = jax.random.uniform(jax.random.key(1), (1, cfg.train.batch_size, *cfg.data.shape),
+  batch = jax.random.uniform(jax.random.key(1),
+                             (num_seeds, 1, cfg.train.batch_size, *cfg.data.shape),
                              minval=-1.0, maxval=1.0)
   if k > 1:
     step, batch = train.make_train_steps(cfg, k), (batch,) * k
   else:
     step = train.make_train_step(cfg)
-  rng = jax.random.key(2)
+  rng = jax.random.split(jax.random.key(2), num_seeds)
   t = time.perf_counter()
   holder = {'state': jax.block_until_ready(step(state, batch, rng)[0])}
-  print(f'  {network} {preset} {overrides}: compiled and ran once in '
+  print(f'  {network} {preset} {overrides}, {num_seeds} seed(s): compiled and ran once in '
         f'{time.perf_counter() - t:.1f} s', file=sys.stderr, flush=True)
 
   def run(n):
@@ -109,34 +117,41 @@ def machine() -> str:
 
 
 def time_network(network: str) -> None:
-  """Compile every pairing, time them in interleaved rounds, print the table."""
+  """Compile every pairing for every seed count, time them in interleaved rounds, print the
+  table: ms per iteration of all seeds, per seed-iteration, and the ratios to one seed and to
+  wgan_gp (same seed count)."""
   wanted = [w.strip() for w in FLAGS.pairings.split(';') if w.strip()]
   unknown = set(wanted) - {p[0] for p in PAIRINGS}
   if unknown:
     raise app.UsageError(f'Unknown --pairings {sorted(unknown)}; valid: '
                          f'{"; ".join(p[0] for p in PAIRINGS)}.')
+  seed_counts = [int(n) for n in FLAGS.num_seeds]
   pairings = [p for p in PAIRINGS if p[0] == 'wgan_gp' or not wanted or p[0] in wanted]
-  runners = [(label, *make_runner(network, preset, ov)) for label, preset, ov in pairings]
-  times = {label: [] for label, _, _ in runners}
+  runners = [((label, n), *make_runner(network, preset, ov, n))
+             for label, preset, ov in pairings for n in seed_counts]
+  times = {key: [] for key, _, _ in runners}
   for _ in range(FLAGS.rounds):
-    for label, run, k in runners:
+    for key, run, k in runners:
       iters = max(k, FLAGS.iters - FLAGS.iters % k)
       t = time.perf_counter()
       run(iters)
-      times[label].append((time.perf_counter() - t) / iters)
-      print(f'  round {len(times[label])}: {label} {1e3 * times[label][-1]:.2f} ms',
-            file=sys.stderr, flush=True)
+      times[key].append((time.perf_counter() - t) / iters)
+      print(f'  round {len(times[key])}: {key[0]}, {key[1]} seed(s): '
+            f'{1e3 * times[key][-1]:.2f} ms', file=sys.stderr, flush=True)
   med = {k: float(np.median(v)) for k, v in times.items()}
-  base = med['wgan_gp']
   per_call = sorted({k for _, _, k in runners})
   print(f'\n{NETWORKS[network][2]}, {jax.device_count()} x {jax.devices()[0].device_kind} '
         f'({machine()}), median of {FLAGS.rounds} rounds of {FLAGS.iters} iterations, '
         f'{"/".join(map(str, per_call))} per compiled call'
         + (f', latent_chunk {FLAGS.latent_chunk}' if FLAGS.latent_chunk >= 0 else '') + '\n')
-  print('| pairing | ms / iteration | ratio to wgan_gp |')
-  print('| --- | --- | --- |')
-  for label, _, _ in runners:
-    print(f'| {label} | {1e3 * med[label]:.3f} | {med[label] / base:.2f} |', flush=True)
+  print('| pairing | seeds | ms / iteration | ms / seed-iteration | per seed, ratio to 1 seed '
+        '| ratio to wgan_gp |')
+  print('| --- | --- | --- | --- | --- | --- |')
+  for (label, n), _, _ in runners:
+    t = med[(label, n)]
+    one = med[(label, seed_counts[0])] / seed_counts[0]
+    print(f'| {label} | {n} | {1e3 * t:.3f} | {1e3 * t / n:.3f} | {t / n / one:.2f} | '
+          f"{t / med[('wgan_gp', n)]:.2f} |", flush=True)
 
 
 def main(argv):

@@ -73,7 +73,7 @@ def _data_fn(network, cfg):
   try:
     return tasks.get_task(cfg).batches(cfg, None, 0), cfg.data.name
   except (FileNotFoundError, OSError, ValueError) as e:   # e.g. CIFAR-10 not prepared
-    shape = (cfg.optim.energy_steps, cfg.train.batch_size, *cfg.data.shape)
+    shape = (1, cfg.optim.energy_steps, cfg.train.batch_size, *cfg.data.shape)
     noise = jax.jit(lambda s: jax.random.uniform(jax.random.fold_in(jax.random.key(9), s),
                                                  shape, minval=-1.0, maxval=1.0))
     del e
@@ -83,9 +83,9 @@ def _data_fn(network, cfg):
 def generators(network: str):
   """Yields (label, config, generator TrainState): random init, then after training."""
   cfg = networks.get_config(network, 'sv+gp')
-  _, state, _ = assemble.initial_state(cfg)   # on the mesh: else step 2 compiles again
+  _, state, rng = assemble.initial_state(cfg)   # on the mesh: else step 2 compiles again
   if FLAGS.at_init:
-    yield 'random init', cfg, state.generator
+    yield 'random init', cfg, assemble.seed_slice(state.generator, 0)
   if FLAGS.train_steps > 0:
     batch_at, source = _data_fn(network, cfg)
     train_cfg = cfg.copy_and_resolve_references()
@@ -93,11 +93,11 @@ def generators(network: str):
       train_cfg.bounds.sv.num_latents = FLAGS.train_num_latents
     step = train.make_train_step(train_cfg)
     for i in range(FLAGS.train_steps):
-      state, _ = step(state, batch_at(i), jax.random.key(1))
+      state, _ = step(state, batch_at(i), rng)
     how = (f', Jacobian terms on {FLAGS.train_num_latents} latents'
            if FLAGS.train_num_latents >= 0 else '')
     yield (f'after {FLAGS.train_steps} sv+gp iterations on {source}{how}', cfg,
-           state.generator)
+           assemble.seed_slice(state.generator, 0))
 
 
 def frontier(label, cfg, gen) -> None:

@@ -1,102 +1,181 @@
-"""Bidirectional bounds vs the baselines on a 2-D toy: the table behind the README.
+"""Bidirectional bounds against the baselines on a 2-D toy, over seeds: the docs/results.md table.
 
-    python -m benchmarks.toy --steps=30000 --workdir=workdirs/bench_toy
-    python -m benchmarks.toy --presets=sv+gp,none --dataset=swiss_roll --steps=150000
+    python -m benchmarks.toy --steps=150000 --num_seeds=3
+    python -m benchmarks.toy --presets=sv+gp,none --dataset=swiss_roll --steps=30000
+    python -m benchmarks.toy --report_only            # the table and figure of finished runs
 
-Trains each preset (configs/toy.py) for the same number of iterations with the same seed, then
-prints one row per preset: the final evaluation (modes covered, high-quality fraction,
-KL(data || model) on the grid, NLL by quadrature, KL(p_g || p_theta) = NLL - L_lo) and the
-divergence record over training (largest |E| and largest E(fake) - E(real) seen at any log
-step), plus the time per iteration. It also writes `divergence.png`: E(fake), E(real) and
-their gap over training for every preset. The lower-bound-only preset `none` is expected to
-diverge; sv+gp should stay bounded.
+Each preset (configs/toy.py:<dataset>,<preset>, plus --set overrides) trains `--num_seeds` seeds
+in one run (train.num_seeds: one compiled step for all of them) in `workdir/<dataset>/<preset>`,
+evaluating every `--eval_every` iterations; a finished run is not repeated and an interrupted
+one resumes. The table gives, per preset, the final evaluation as mean +- std [min, max] over
+the seeds: modes covered and high-quality fraction (25 Gaussians), KL(data || exp(-E)/Z) on the
+grid, the NLL by quadrature, KL(p_g || p_theta) = NLL - L_lo and the folded fraction of the
+generator; how many seeds keep the sandwich L_lo <= NLL <= L_up at every evaluation from
+`--sandwich_from` on; the largest |E| and E(fake) - E(real) of any log step; and the training
+time per iteration. `comparison.png` shows, one row per seed and two panels per preset, the
+generator's samples over the data and the model density exp(-E)/Z.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
+import numpy as np
 from absl import app
 from absl import flags
 from absl import logging
 
-flags.DEFINE_string('workdir', 'workdirs/bench_toy', 'Where each preset gets a sub-directory.')
-flags.DEFINE_string('presets', 'sv+gp,none,r1,wgan_gp', 'Comma-separated presets.')
+from benchmarks import networks
+
+flags.DEFINE_string('workdir', 'workdirs/bench_toy', 'Runs go to <workdir>/<dataset>/<preset>.')
+flags.DEFINE_list('presets', ['sv+gp', 'mi+diff', 'none', 'r1', 'wgan_gp'], 'Bound presets.')
 flags.DEFINE_string('dataset', '25gaussians', 'Toy data set.')
-flags.DEFINE_integer('steps', 30_000, 'Training iterations per preset.')
-flags.DEFINE_integer('seed', 0, 'Seed shared by all presets.')
+flags.DEFINE_integer('steps', 150_000, 'Training iterations per preset.')
+flags.DEFINE_integer('num_seeds', 3, 'Seeds per preset (config.seed + k), trained together.')
+flags.DEFINE_integer('seed', 0, 'The first seed.')
+flags.DEFINE_integer('eval_every', 10_000, 'Iterations between evaluations.')
+flags.DEFINE_integer('sandwich_from', 10_000, 'The sandwich must hold from this iteration on.')
+flags.DEFINE_multi_string('set', [], 'KEY=VALUE config overrides for every preset (repeatable).')
+flags.DEFINE_bool('report_only', False, 'Only print the table and draw the figure.')
 FLAGS = flags.FLAGS
 
 
-def _records(path):
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def run_preset(preset: str, workdir: str) -> dict:
+def config_for(preset: str):
   from configs import toy
-  from experiments import run
-
   cfg = toy.get_config(f'{FLAGS.dataset},{preset}')
   cfg.seed = FLAGS.seed
+  cfg.train.num_seeds = FLAGS.num_seeds
   cfg.train.num_steps = FLAGS.steps
-  cfg.train.eval_every = max(FLAGS.steps // 5, 1)
-  cfg.train.checkpoint_every = FLAGS.steps
-  start = time.perf_counter()
+  cfg.train.eval_every = min(FLAGS.eval_every, FLAGS.steps)
+  cfg.train.checkpoint_every = min(FLAGS.eval_every, FLAGS.steps)
+  networks.apply_overrides(cfg, FLAGS.set)
+  return cfg
+
+
+def run_preset(preset: str, workdir: str) -> None:
+  from experiments import run
+  cfg = config_for(preset)
+  start = time.time()
   run.train_and_evaluate(cfg, workdir)
-  seconds = time.perf_counter() - start
-  train_log = _records(os.path.join(workdir, 'metrics.jsonl'))
-  with open(os.path.join(workdir, 'eval', 'history.json')) as f:
-    final = json.load(f)[-1]
-  return {
-      'preset': preset, 'final': final, 'log': train_log,
-      'max_abs_energy': max(max(abs(r['energy_real']), abs(r['energy_fake'])) for r in train_log),
-      'max_gap': max(r['energy_fake'] - r['energy_real'] for r in train_log),
-      'ms_per_step': 1e3 * seconds / FLAGS.steps,
-  }
+  print(f'{preset}: {time.time() - start:.0f} s', flush=True)
 
 
-def plot(results, path):
+def _summary(values) -> str:
+  v = np.asarray(values, np.float64)
+  if len(v) == 1:
+    return f'{v[0]:.3f}'
+  return f'{v.mean():.3f} +- {v.std():.3f} [{v.min():.3f}, {v.max():.3f}]'
+
+
+def results(preset: str, workdir: str) -> dict | None:
+  """Per-seed values of the table's columns, from the run's records (None if not run)."""
+  from experiments import history
+  records, evals = history.read_metrics(workdir), history.load(workdir)
+  if not evals:
+    return None
+  seeds = [FLAGS.seed + k for k in range(FLAGS.num_seeds)]
+  final = evals[-1]
+  per_seed = lambda record, key: history.seed_values(record, key, seeds)
+  out = {'step': final['step'], 'wall_s': final.get('wall_s', float('nan'))}
+  for key in ('modes_covered', 'hq_fraction', 'kl_data_model', 'nll', 'kl_gen_model',
+              'folded_fraction'):
+    if key in final:
+      out[key] = per_seed(final, key)
+  late = [h for h in evals if h['step'] >= FLAGS.sandwich_from]
+  fails = np.zeros(len(seeds), bool)
+  for h in late:
+    fails |= np.asarray(per_seed(h, 'lower_bound_fails'), bool)
+    if config_for(preset).bounds.upper == 'gp':
+      fails |= np.asarray(per_seed(h, 'upper_bound_fails'), bool)
+  out['sandwich_holds'] = f'{int(np.sum(~fails))}/{len(seeds)}'
+  gaps = np.asarray([[r[f'energy_fake{s}'] - r[f'energy_real{s}'] for s in _suffixes(seeds)]
+                     for r in records])
+  sizes = np.asarray([[max(abs(r[f'energy_fake{s}']), abs(r[f'energy_real{s}']))
+                       for s in _suffixes(seeds)] for r in records])
+  out['max_gap'], out['max_abs_energy'] = list(gaps.max(0)), list(sizes.max(0))
+  out['ms_per_iteration'] = 1e3 * out['wall_s'] / max(final['step'], 1)
+  return out
+
+
+def _suffixes(seeds):
+  return [''] if len(seeds) == 1 else [f'/seed_{s}' for s in seeds]
+
+
+def print_table(rows: dict) -> None:
+  cols = [('modes_covered', 'modes (of 25)'), ('hq_fraction', 'high-quality'),
+          ('kl_data_model', 'KL(data \\|\\| model)'), ('nll', 'NLL'),
+          ('kl_gen_model', 'KL(p_g \\|\\| p_theta)'), ('folded_fraction', 'folded'),
+          ('max_abs_energy', 'max abs E'), ('max_gap', 'max E(fake)-E(real)')]
+  cols = [(k, name) for k, name in cols if any(k in r for r in rows.values() if r)]
+  print(f'\n{FLAGS.dataset}, {FLAGS.steps} iterations, seeds {FLAGS.seed}..'
+        f'{FLAGS.seed + FLAGS.num_seeds - 1}: final evaluation, mean +- std [min, max] over '
+        f'seeds; sandwich L_lo <= NLL <= L_up at every evaluation from {FLAGS.sandwich_from}\n')
+  print('| preset | ' + ' | '.join(name for _, name in cols)
+        + ' | sandwich holds | ms / iteration (with evaluations) |')
+  print('|' + ' --- |' * (len(cols) + 3))
+  for preset, r in rows.items():
+    if r is None:
+      print(f'| {preset} | not run |')
+      continue
+    cells = [_summary(r[k]) if k in r else '-' for k, _ in cols]
+    print(f'| {preset} | ' + ' | '.join(cells)
+          + f" | {r['sandwich_holds']} | {r['ms_per_iteration']:.2f} |")
+
+
+def plot(presets, workdir: str, path: str) -> None:
+  """comparison.png: per preset, the samples over data and exp(-E)/Z, one row per seed."""
+  import jax
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-  for r in results:
-    steps = [x['step'] for x in r['log']]
-    axes[0].plot(steps, [x['energy_fake'] for x in r['log']], label=f"{r['preset']} E(fake)")
-    axes[1].plot(steps, [x['energy_fake'] - x['energy_real'] for x in r['log']], label=r['preset'])
-  axes[0].set_yscale('symlog')
-  axes[0].set_title('energy of generator samples')
-  axes[1].set_yscale('symlog')
-  axes[1].set_title('E(fake) - E(real)')
-  for ax in axes:
-    ax.set_xlabel('iteration')
-    ax.legend(fontsize=8)
+  from bibound_jax.data import toy as toy_data
+  runs = [(p, os.path.join(workdir, p.replace('+', '_'), 'eval', 'toy_eval.npz'))
+          for p in presets]
+  runs = [(p, np.load(f)) for p, f in runs if os.path.exists(f)]
+  if not runs:
+    return
+  n = FLAGS.num_seeds
+  fig, axes = plt.subplots(n, 2 * len(runs), figsize=(5 * len(runs), 2.5 * n), squeeze=False)
+  data = np.asarray(toy_data.sample(FLAGS.dataset, jax.random.key(0), 5000))
+  for j, (preset, a) in enumerate(runs):
+    grid = a['grid']
+    m = int(round(np.sqrt(len(grid))))
+    half = float(grid.max())
+    for i in range(min(n, len(a['samples']))):
+      ax = axes[i, 2 * j]
+      ax.scatter(data[:, 0], data[:, 1], s=0.5, alpha=0.2, c='tab:blue')
+      ax.scatter(a['samples'][i][:, 0], a['samples'][i][:, 1], s=0.5, alpha=0.2, c='tab:red')
+      ax.set_xlim(-half, half)
+      ax.set_ylim(-half, half)
+      ax.set_aspect('equal')
+      ax.set_xticks([])
+      ax.set_yticks([])
+      e = a['energy'][i].reshape(m, m).T
+      axes[i, 2 * j + 1].imshow(np.exp(-(e - e.min())), origin='lower',
+                                extent=(-half, half, -half, half), cmap='viridis')
+      axes[i, 2 * j + 1].set_xticks([])
+      axes[i, 2 * j + 1].set_yticks([])
+      if i == 0:
+        ax.set_title(f'{preset}: samples')
+        axes[i, 2 * j + 1].set_title(f'{preset}: exp(-E)/Z')
+      if j == 0:
+        ax.set_ylabel(f'seed {int(a["seeds"][i])}')
   fig.tight_layout()
-  fig.savefig(path, dpi=80)
+  fig.savefig(path, dpi=70)
   plt.close(fig)
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  results = [run_preset(p, os.path.join(FLAGS.workdir, p.replace('+', '_')))
-             for p in FLAGS.presets.split(',')]
-  plot(results, os.path.join(FLAGS.workdir, 'divergence.png'))
-  header = (f'| preset | modes | hq | KL(data||model) | NLL | KL(p_g||p_theta) | max abs E | '
-            f'max E(fake)-E(real) | ms/step |')
-  print(f'\n{FLAGS.dataset}, {FLAGS.steps} iterations, seed {FLAGS.seed}\n')
-  print(header)
-  print('|' + ' --- |' * 9)
-  for r in results:
-    f = r['final']
-    modes = f"{f['modes_covered']}/25" if 'modes_covered' in f else '-'
-    hq = f"{f['hq_fraction']:.3f}" if 'hq_fraction' in f else '-'
-    print(f"| {r['preset']} | {modes} | {hq} | {f['kl_data_model']:.3f} | {f['nll']:.3f} | "
-          f"{f['kl_gen_model']:.3f} | {r['max_abs_energy']:.1f} | {r['max_gap']:.2f} | "
-          f"{r['ms_per_step']:.2f} |")
-  print(f"\ndivergence plot: {os.path.join(FLAGS.workdir, 'divergence.png')}")
+  root = os.path.join(FLAGS.workdir, FLAGS.dataset)
+  if not FLAGS.report_only:
+    for preset in FLAGS.presets:
+      run_preset(preset, os.path.join(root, preset.replace('+', '_')))
+  rows = {p: results(p, os.path.join(root, p.replace('+', '_'))) for p in FLAGS.presets}
+  print_table(rows)
+  plot(FLAGS.presets, root, os.path.join(root, 'comparison.png'))
+  print(f"\ncomparison figure: {os.path.join(root, 'comparison.png')}")
 
 
 if __name__ == '__main__':

@@ -1,9 +1,10 @@
 """A run's parts from its config: the networks (`config.model` plus what its bounds ask for: a
 time-conditioned energy, an MI network, a generator with learned output noise) and the state
-at iteration 0."""
+at iteration 0 of every seed."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 from bibound_jax import bounds
 from bibound_jax import models
@@ -16,12 +17,47 @@ def networks(config) -> models.Networks:
   return models.create_models(config.model, config.data.shape, **bounds.network_options(config))
 
 
+def seeds(config) -> list[int]:
+  """The seeds of a run: config.seed, config.seed + 1, ... (`train.num_seeds` of them)."""
+  return [config.seed + k for k in range(config.train.num_seeds)]
+
+
+def _stacked(config, nets):
+  """(state, rng): for seed s = config.seed + k, entry k of every leaf is that of the run with
+  seed s alone (split(key(s)) -> init key, run key)."""
+  states, rngs = [], []
+  for seed in seeds(config):
+    init_key, rng = jax.random.split(jax.random.key(seed))
+    states.append(train.create_state(config, nets, init_key))
+    rngs.append(rng)
+  # The seeds' TrainStates differ only in their arrays (each holds its own optimiser object).
+  treedef = jax.tree.structure(states[0])
+  leaves = [jnp.stack(ls) for ls in zip(*(jax.tree.leaves(s) for s in states))]
+  return jax.tree.unflatten(treedef, leaves), jnp.stack(rngs)
+
+
 def initial_state(config, mesh=None):
-  """(networks, state, rng): the networks, their state at iteration 0 and the run's PRNG key,
-  both replicated on `mesh` (default: every device) as the train step expects them."""
-  mesh = sharding.make_mesh() if mesh is None else mesh
+  """(networks, state, rng) at iteration 0 of every seed (`_stacked`), placed on `mesh`
+  (default: every device) with the seed axis split along the mesh's 'seeds' axis, as the
+  train step expects."""
+  mesh = sharding.make_mesh(num_seeds=config.train.num_seeds) if mesh is None else mesh
   nets = networks(config)
-  init_key, rng = jax.random.split(jax.random.key(config.seed))
-  state = train.create_state(config, nets, init_key)
-  state, rng = sharding.replicate((state, rng), mesh)
+  state, rng = sharding.replicate(_stacked(config, nets), mesh, sharding.seeded(mesh))
   return nets, state, rng
+
+
+def abstract_state(config, mesh=None):
+  """(networks, state, rng): the state as shapes, dtypes and shardings only (no
+  initialisation) and the run keys, the template to restore a checkpoint into."""
+  mesh = sharding.make_mesh(num_seeds=config.train.num_seeds) if mesh is None else mesh
+  nets = networks(config)
+  seeded = sharding.seeded(mesh)
+  state, _ = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=seeded),
+                          jax.eval_shape(lambda: _stacked(config, nets)))
+  rng = jnp.stack([jax.random.split(jax.random.key(s))[1] for s in seeds(config)])
+  return nets, state, sharding.replicate(rng, mesh, seeded)
+
+
+def seed_slice(tree, k: int):
+  """Entry k of every leaf with a leading seed axis (a state, metrics): seed config.seed + k."""
+  return jax.tree.map(lambda a: a[k], tree)

@@ -61,8 +61,8 @@ def validate_config(config, datasets: Iterable[str], extra_positive: Iterable[st
   bounds.validate(config)
   choice(config, 'model.energy.name', models.ENERGIES)
   choice(config, 'model.generator.name', models.GENERATORS)
-  positive(config, 'optim.energy_steps', 'train.batch_size', 'train.num_steps',
-           'train.log_every', 'train.eval_every', 'train.checkpoint_every',
+  positive(config, 'optim.energy_steps', 'train.num_seeds', 'train.batch_size',
+           'train.num_steps', 'train.log_every', 'train.eval_every', 'train.checkpoint_every',
            'train.keep_checkpoints', 'train.steps_per_call', 'train.divergence_gap',
            'train.divergence_energy', 'optim.lr_energy', 'optim.lr_generator',
            'optim.lr_mi_net', 'model.generator.latent_dim', 'eval.num_samples',

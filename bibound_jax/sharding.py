@@ -1,17 +1,22 @@
-"""Data parallelism over every device of every host, through JAX's own runtime.
+"""Seeds and data parallelism over every device of every host, through JAX's own runtime.
 
-One global device mesh with a single axis 'data'. Parameters and optimiser states are
-replicated; a batch (energy_steps, B, ...) is sharded along B, so each device holds B / devices
-examples. The train step is one `jax.jit` over the mesh: XLA inserts the all-reduces, so
-gradients are averaged over the global batch and BatchNorm statistics are computed over the
-global batch (exactly as on one device). Random numbers come from threefry with partitionable
-keys (JAX's default), so a run draws the same latents whatever the device count. One device is
-just the 1-device mesh: there is no separate code path.
+One global device mesh with two axes, 'seeds' x 'data'. A run trains `train.num_seeds`
+independent seeds at once: every leaf of the state carries a leading seed axis, split along
+'seeds' and replicated along 'data'; a batch (seeds, energy_steps, B, ...) is split along the
+seeds and along B, so each device holds B / (data axis size) examples of its seeds. The seeds
+take a mesh axis of their own when their number divides the device count (`make_mesh`), else
+every device holds every seed and the devices split the batch. The train step is one `jax.jit`
+over the mesh: XLA inserts the all-reduces, so gradients are averaged over the global batch of
+each seed and BatchNorm statistics are computed over it (exactly as on one device). Random
+numbers come from threefry with partitionable keys (JAX's default), so a run draws the same
+latents whatever the device count. One device is just the 1 x 1 mesh: there is no separate
+code path.
 
 Multi-host: call `initialize_distributed` before anything touches a device. Data generated
-inside `jax.jit` with a batch sharding (the toy sets) is produced shard by shard where it lives;
-a host-local input pipeline feeds only its own examples and `global_batch` assembles the global
-array. `jax.jit` runs SPMD on all processes, and orbax writes checkpoints collectively.
+inside `jax.jit` with a batch sharding (the toy sets, StackedMNIST) is produced shard by shard
+where it lives; a host-local input pipeline feeds only its own examples and `global_batch`
+assembles the global array. `jax.jit` runs SPMD on all processes, and orbax writes checkpoints
+collectively.
 """
 from __future__ import annotations
 
@@ -22,49 +27,64 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+SEED_AXIS = 'seeds'
 DATA_AXIS = 'data'
 
 
-def make_mesh(devices=None) -> Mesh:
-  """A 1-D mesh over `devices` (default: every device of every process)."""
+def make_mesh(devices=None, num_seeds: int = 1) -> Mesh:
+  """A (seeds, data) mesh over `devices` (default: every device of every process): the seeds
+  axis has num_seeds devices when num_seeds > 1 divides the device count in a single-process
+  run, else 1 (several processes split the batch, each holding every seed, so that host input
+  pipelines feed contiguous slices)."""
   devices = jax.devices() if devices is None else list(devices)
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
+  n = len(devices)
+  single = jax.process_count() == 1
+  seeds = num_seeds if single and num_seeds > 1 and n % num_seeds == 0 else 1
+  return Mesh(np.asarray(devices).reshape(seeds, n // seeds), (SEED_AXIS, DATA_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def seeded(mesh: Mesh) -> NamedSharding:
+  """Sharding of arrays with a leading seed axis (the state, keys, metrics)."""
+  return NamedSharding(mesh, P(SEED_AXIS))
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Sharding of a batch (energy_steps, B, ...): B split over the 'data' axis."""
-  return NamedSharding(mesh, P(None, DATA_AXIS))
+  """Sharding of a batch (seeds, energy_steps, B, ...): seeds and B split."""
+  return NamedSharding(mesh, P(SEED_AXIS, None, DATA_AXIS))
 
 
 def latent_sharding(mesh: Mesh) -> NamedSharding:
-  """Sharding of per-example arrays (B, ...) such as latents."""
+  """Sharding of one seed's per-example arrays (B, ...), such as latents (inside the step,
+  which is vmapped over the seeds with the 'seeds' mesh axis)."""
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
 def per_device_batch(global_batch: int, mesh: Mesh) -> int:
-  """B / devices; a clear error when the global batch does not divide over the devices."""
-  n = mesh.devices.size
+  """B / (data axis size); a clear error when the global batch does not divide over it."""
+  n = mesh.shape[DATA_AXIS]
   if global_batch % n:
     lower = global_batch - global_batch % n
     raise ValueError(
         f'config.train.batch_size = {global_batch} is the GLOBAL batch and must divide by the '
-        f'{n} devices of the mesh ({jax.process_count()} process(es)); use e.g. '
+        f'{n} devices of the mesh\'s data axis ({jax.process_count()} process(es)); use e.g. '
         f'--config.train.batch_size={lower or n} or {lower + n}.')
   return global_batch // n
 
 
 def global_batch(local_batch, mesh: Mesh) -> jax.Array:
-  """The global (energy_steps, B, ...) array from this process's (energy_steps, B / processes, ...)."""
+  """The global (seeds, energy_steps, B, ...) array from this process's
+  (seeds, energy_steps, B / processes, ...)."""
   return jax.make_array_from_process_local_data(batch_sharding(mesh), local_batch)
 
 
-def replicate(tree, mesh: Mesh):
-  """Place a host-local pytree (identical on every process) replicated on the mesh."""
-  sharding = replicated(mesh)
+def replicate(tree, mesh: Mesh, sharding: NamedSharding | None = None):
+  """Place a host-local pytree (identical on every process) on the mesh: replicated, or with
+  `sharding` (e.g. `seeded(mesh)` for a tree with a leading seed axis)."""
+  sharding = replicated(mesh) if sharding is None else sharding
   if jax.process_count() == 1:
     return jax.device_put(tree, sharding)
 

@@ -85,6 +85,12 @@ def create_state(config, networks, key: jax.Array) -> BiboundState:
                       mi_net=None if mi_net is None else mi_net.replace(step=zero()))
 
 
+def iteration(state: BiboundState) -> int:
+  """The iteration count of a state (with or without a leading seed axis: every seed of a run
+  is at the same iteration)."""
+  return int(jax.device_get(state.step).reshape(-1)[0])
+
+
 def all_finite(*trees) -> jax.Array:
   """True iff every leaf of every tree is finite (jit-compatible)."""
   leaves = [x for t in trees for x in jax.tree.leaves(t)]
@@ -216,35 +222,42 @@ def train_steps(state: BiboundState, batches, rng: jax.Array, *, config, mesh=No
   return jax.lax.scan(body, state, jnp.stack(batches))
 
 
+def _over_seeds(fn, config, mesh):
+  """fn(state, batches, rng) of one seed, vmapped over the leading seed axis of all three (the
+  mesh's 'seeds' axis splits them where it has several devices) and jit-compiled."""
+  mesh = sharding.make_mesh(num_seeds=config.train.num_seeds) if mesh is None else mesh
+  sharding.per_device_batch(config.train.batch_size, mesh)
+  return mesh, jax.vmap(functools.partial(fn, config=config, mesh=mesh),
+                        spmd_axis_name=sharding.SEED_AXIS)
+
+
+def make_train_step(config, donate: bool = True, mesh=None):
+  """jit-compiled `step(state, batch, rng) -> (state, metrics)`: one iteration of every seed.
+
+  state, rng and every metric carry a leading seed axis (`train.num_seeds`; seed k is the run
+  of seed config.seed + k: `assemble.initial_state`); batch is (seeds, energy_steps, B, ...).
+  The config is closed over (static); the step compiles once per input shape and runs over
+  `mesh` (default: all devices; bibound_jax/sharding.py). With `donate`, the input state's
+  buffers are reused: never touch a state after passing it in. Place the initial state on the
+  mesh first (`assemble.initial_state` does): a host state would make the second call compile
+  again."""
+  mesh, step = _over_seeds(train_step, config, mesh)
+  seeded = sharding.seeded(mesh)
+  return jax.jit(step, in_shardings=(seeded, sharding.batch_sharding(mesh), seeded),
+                 out_shardings=(seeded, seeded), donate_argnums=(0,) if donate else ())
+
+
 def make_train_steps(config, steps: int, donate: bool = True, mesh=None):
-  """jit-compiled `train_steps(state, batches, rng) -> (state, metrics)` running `steps`
-  iterations per call; `batches` is a tuple of `steps` arrays (energy_steps, B, *data_shape).
+  """jit-compiled `steps_fn(state, batches, rng) -> (state, metrics)` running `steps`
+  iterations of every seed per call; `batches` is a tuple of `steps` arrays (seeds,
+  energy_steps, B, ...), every metric comes back (seeds, steps).
 
   One call per iteration costs a fixed dispatch (arguments, donation, one buffer per metric):
   on the toy networks on CPU that is about a third of the step. Sharding, donation and the
   compile-once property are those of `make_train_step`."""
   if steps < 1:
     raise ValueError(f'make_train_steps needs steps >= 1 (train.steps_per_call), got {steps}.')
-  mesh = sharding.make_mesh() if mesh is None else mesh
-  sharding.per_device_batch(config.train.batch_size, mesh)
-  fn = functools.partial(train_steps, config=config, mesh=mesh)
-  rep = sharding.replicated(mesh)
-  return jax.jit(fn, in_shardings=(rep, (sharding.batch_sharding(mesh),) * steps, rep),
-                 out_shardings=(rep, rep), donate_argnums=(0,) if donate else ())
-
-
-def make_train_step(config, donate: bool = True, mesh=None):
-  """jit-compiled `train_step(state, batch, rng) -> (state, metrics)` for a fixed config.
-
-  The config is closed over (static); the step compiles once per input shape. The step runs
-  data-parallel over `mesh` (default: all devices; see bibound_jax/sharding.py): state and
-  metrics replicated, the batch sharded along B. With `donate`, the input state's buffers are
-  reused: never touch a state after passing it in. Place the initial state on the mesh first
-  (`sharding.replicate`): a host state would make the second call compile again.
-  """
-  mesh = sharding.make_mesh() if mesh is None else mesh
-  sharding.per_device_batch(config.train.batch_size, mesh)
-  step = functools.partial(train_step, config=config, mesh=mesh)
-  rep = sharding.replicated(mesh)
-  return jax.jit(step, in_shardings=(rep, sharding.batch_sharding(mesh), rep),
-                 out_shardings=(rep, rep), donate_argnums=(0,) if donate else ())
+  mesh, fn = _over_seeds(train_steps, config, mesh)
+  seeded = sharding.seeded(mesh)
+  return jax.jit(fn, in_shardings=(seeded, (sharding.batch_sharding(mesh),) * steps, seeded),
+                 out_shardings=(seeded, seeded), donate_argnums=(0,) if donate else ())

@@ -45,6 +45,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.optim.energy_steps = 1          # energy updates per generator update
 
   config.train = ml_collections.ConfigDict()
+  # Seeds trained at once, config.seed + k for k < num_seeds: one compiled step runs them all
+  # (vmapped); each follows the run of its seed alone. Metrics and evaluations are reported per
+  # seed and as mean and standard deviation over the seeds.
+  config.train.num_seeds = 1
   config.train.batch_size = 200
   config.train.num_steps = 150_000
   config.train.log_every = 500

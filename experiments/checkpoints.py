@@ -35,8 +35,12 @@ RESUMABLE_KEYS = ('train.num_steps', 'train.log_every', 'train.eval_every',
 def open_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
   """Orbax manager over workdir/checkpoints keeping the latest `keep` (writable) or touching
   nothing (read_only)."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep,
-                                         create=not read_only, read_only=read_only)
+  if read_only:   # every option orbax would otherwise reset (with a warning each)
+    options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0,
+                                           max_to_keep=None, create=False,
+                                           cleanup_tmp_directories=False)
+  else:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
                                options=options)
 
@@ -52,7 +56,7 @@ def save(manager: ocp.CheckpointManager, state: train.BiboundState, rng: jax.Arr
          config) -> None:
   """Save the state, the run's PRNG key and the config at `state.step`. A state with NaN/Inf
   parameters is never saved (NonFiniteError; the last good checkpoint is kept)."""
-  step = int(state.step)
+  step = train.iteration(state)
   if not bool(_all_finite((state.energy.params, state.generator.params))):
     raise NonFiniteError(f'Refusing to checkpoint iteration {step}: the parameters are not '
                          'finite. The last good checkpoint is kept.')
@@ -126,9 +130,12 @@ def check_config(manager: ocp.CheckpointManager, step: int, config,
   """CheckpointError listing the keys where `config` differs from checkpoint `step`'s."""
   diffs = config_differences(saved_config(manager, step), config.to_dict(), allowed)
   if diffs:
+    seeds = ('\nThe seeds of a run are fixed when it starts (train.num_seeds): train another '
+             'number of seeds in a new --workdir.' if any(d.startswith('train.num_seeds:')
+                                                          for d in diffs) else '')
     raise CheckpointError(
         f'The workdir holds checkpoints of a different config ({step_dir(manager, step)}):\n  '
-        + '\n  '.join(diffs) + '\nUse a new --workdir, or rerun with the saved values.')
+        + '\n  '.join(diffs) + seeds + '\nUse a new --workdir, or rerun with the saved values.')
 
 
 def restore(manager: ocp.CheckpointManager, state: train.BiboundState, rng: jax.Array,

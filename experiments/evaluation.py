@@ -1,16 +1,18 @@
 """The base of every task's evaluator (toy_eval.py, mnist_eval.py, image_eval.py).
 
 An evaluator is built once per run from the config and the networks; `evaluate(state, step,
-workdir)` computes its metrics (every process, or process 0 only), records them in
-workdir/eval (history.json, metrics_<step>.json; experiments/history.py) and writes its
-figures and arrays, both on process 0 only, and returns the scalars. Subclasses implement
-`compute` and `write`; the jitted energy and generator live here.
+workdir)` computes its metrics for every seed of the run (every process, or process 0 only),
+records them in workdir/eval (history.json, metrics_<step>.json; per seed and as mean and
+standard deviation over the seeds: experiments/history.py) and writes its figures and arrays,
+both on process 0 only, and returns the scalars. Subclasses implement `compute` (one seed) and
+`write` (every seed); the jitted energy and generator live here.
 """
 from __future__ import annotations
 
 import jax
 import numpy as np
 
+from bibound_jax import assemble
 from bibound_jax import generator as generator_lib
 from experiments import history as history_lib
 
@@ -29,6 +31,7 @@ class Evaluator:
   def __init__(self, config, networks):
     self.config = config
     self.networks = networks
+    self.seeds = assemble.seeds(config)
     self._energy = jit_energy(networks.energy)
     # G(z) as evaluation samples it: BatchNorm on the running statistics, no output noise.
     self._generate = jax.jit(lambda g, z: generator_lib.generate(g, z, train=False)[0])
@@ -43,21 +46,28 @@ class Evaluator:
     return np.concatenate([np.asarray(self._generate(gen_state, z[i:i + batch_size]))
                            for i in range(0, len(z), batch_size)])
 
-  def compute(self, state, workdir: str) -> tuple[dict, object]:
-    """(scalar metrics, artefacts for `write`) of a host copy of the state."""
+  def compute(self, state, seed: int, workdir: str) -> tuple[dict, object]:
+    """(scalar metrics, artefacts for `write`) of one seed: `state` is a host copy of that
+    seed's state (no seed axis); `seed` picks its fixed evaluation noise."""
     raise NotImplementedError
 
-  def write(self, workdir: str, step: int, metrics: dict, artefacts, history: list[dict]):
-    """Figures and arrays in workdir/eval (process 0 only); `history` includes this step."""
+  def write(self, workdir: str, step: int, metrics: dict, artefacts: list, history: list[dict]):
+    """Figures and arrays in workdir/eval (process 0 only). `metrics` and `history` (which
+    includes this step) are the records over the seeds; `artefacts` holds each seed's."""
     raise NotImplementedError
 
-  def evaluate(self, state, step: int, workdir: str) -> dict:
-    """Compute, record and write the evaluation of `state` at `step`; returns the scalars."""
+  def evaluate(self, state, step: int, workdir: str, extra: dict | None = None) -> dict:
+    """Compute, record and write the evaluation of every seed of `state` (leading seed axis)
+    at `step`; returns the scalars (per seed, mean and std: `history.over_seeds`), with
+    `extra` (e.g. the run's wall time) added to the record."""
     chief = jax.process_index() == 0
     if not (chief or self.all_processes):
       return {}
-    metrics, artefacts = self.compute(jax.device_get(state), workdir)
+    host = jax.device_get(state)
+    results = [self.compute(assemble.seed_slice(host, k), seed, workdir)
+               for k, seed in enumerate(self.seeds)]
+    metrics = dict(history_lib.over_seeds([m for m, _ in results], self.seeds), **(extra or {}))
     if chief:
       history = history_lib.record(workdir, step, metrics)
-      self.write(workdir, step, metrics, artefacts, history)
+      self.write(workdir, step, metrics, [a for _, a in results], history)
     return metrics

@@ -4,12 +4,19 @@
   workdir/eval/metrics_<step>.json, workdir/eval/history.json
                                  every evaluation (one record per evaluated step).
 
+A run of several seeds (`train.num_seeds`) records, for every quantity `q`, the mean over the
+seeds as `q`, their standard deviation as `q/std` and each seed's value as `q/seed_<s>` (s the
+seed itself, config.seed + k): `over_seeds`. In TensorBoard the three group under `q`; a
+regex such as `seed_3` shows one seed's curves. A one-seed run records `q` alone.
+
 When a run resumes from an earlier checkpoint, `truncate` forgets what was written after it.
 """
 from __future__ import annotations
 
 import json
 import os
+
+import numpy as np
 
 HISTORY = 'history.json'
 METRICS_LOG = 'metrics.jsonl'
@@ -20,6 +27,26 @@ def eval_dir(workdir: str) -> str:
   path = os.path.join(workdir, 'eval')
   os.makedirs(path, exist_ok=True)
   return path
+
+
+def over_seeds(per_seed: list[dict], seeds) -> dict:
+  """One record from the values of each seed (see the module docstring)."""
+  if len(per_seed) == 1:
+    return {k: float(v) for k, v in per_seed[0].items()}
+  out = {}
+  for key in per_seed[0]:
+    values = np.asarray([float(m[key]) for m in per_seed], np.float64)
+    out[key] = float(np.mean(values))
+    out[f'{key}/std'] = float(np.std(values))
+    out.update({f'{key}/seed_{s}': float(v) for s, v in zip(seeds, values)})
+  return out
+
+
+def seed_values(record: dict, key: str, seeds) -> list[float]:
+  """Each seed's value of `key` in a record written by `over_seeds`."""
+  if len(seeds) == 1:
+    return [record[key]]
+  return [record[f'{key}/seed_{s}'] for s in seeds]
 
 
 # -- evaluations

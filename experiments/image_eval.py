@@ -75,10 +75,7 @@ class ImageEvaluator(evaluation.Evaluator):
     super().__init__(config, networks)
     self.spec = check_shape(config)
     ecfg = config.eval
-    key = jax.random.fold_in(jax.random.key(config.seed), 2)
-    k_grid, self.k_samples = jax.random.split(key)
     self.latent_dim = config.model.generator.latent_dim
-    self.grid_z = jax.random.normal(k_grid, (ecfg.grid_samples, self.latent_dim))
     self.fid_split = ecfg.fid_split or self.spec.eval_split
     self.weights_path = ecfg.inception_weights or inception_weights.default_weights_path()
     self.stats_dir = os.path.expanduser(ecfg.stats_dir or DEFAULT_STATS_DIR)
@@ -96,17 +93,21 @@ class ImageEvaluator(evaluation.Evaluator):
                                              cfg.data.data_dir or None, cfg.data.download)
     return self._test_images
 
-  def latents(self, i: int) -> jax.Array:
+  def keys(self, seed: int):
+    """(grid key, samples key) of a seed's fixed evaluation latents."""
+    return jax.random.split(jax.random.fold_in(jax.random.key(seed), 2))
+
+  def latents(self, seed: int, i: int) -> jax.Array:
     """Evaluation latents of batch i (eval.batch_size, d): the same at every evaluation."""
-    return jax.random.normal(jax.random.fold_in(self.k_samples, i),
+    return jax.random.normal(jax.random.fold_in(self.keys(seed)[1], i),
                              (self.config.eval.batch_size, self.latent_dim))
 
-  def sample_batches(self, gen, n: int):
+  def sample_batches(self, gen, seed: int, n: int):
     """Generator samples (inference-mode BatchNorm) of the first n evaluation latents, in
     batches of eval.batch_size (the last one cut)."""
     b = self.config.eval.batch_size
     for i in range(math.ceil(n / b)):
-      yield np.asarray(self._generate(gen, self.latents(i)))[:n - i * b]
+      yield np.asarray(self._generate(gen, self.latents(seed, i)))[:n - i * b]
 
   def inception(self):
     """The Inception variables, or None (one warning) when the weights file is unusable."""
@@ -151,13 +152,15 @@ class ImageEvaluator(evaluation.Evaluator):
 
   # -- metrics
 
-  def compute(self, state, workdir: str) -> tuple[dict, np.ndarray]:
-    """(scalar metrics, grid samples) for a host copy of the state."""
+  def compute(self, state, seed: int, workdir: str) -> tuple[dict, np.ndarray]:
+    """(scalar metrics, grid samples) of one seed."""
     del workdir
     e_params, gen = state.energy.params, state.generator
-    grid = np.asarray(self._generate(gen, self.grid_z))
+    grid_z = jax.random.normal(self.keys(seed)[0], (self.config.eval.grid_samples,
+                                                   self.latent_dim))
+    grid = np.asarray(self._generate(gen, grid_z))
     real = self.test_images()
-    fake = np.concatenate(list(self.sample_batches(gen, len(real))))
+    fake = np.concatenate(list(self.sample_batches(gen, seed, len(real))))
     bs = self.config.eval.batch_size
     e_real, e_fake = self.energies(e_params, real, bs), self.energies(e_params, fake, bs)
     m = {'energy_real': float(np.mean(e_real)), 'energy_fake': float(np.mean(e_fake))}
@@ -166,15 +169,15 @@ class ImageEvaluator(evaluation.Evaluator):
     m['auroc_real_fake'], m['auprc_real_fake'] = scores['auroc'], scores['auprc']
     variables = self.inception()
     if variables is not None:
-      m.update(self.inception_metrics(gen, variables))
+      m.update(self.inception_metrics(gen, seed, variables))
     return m, grid
 
-  def inception_metrics(self, gen, variables) -> dict:
+  def inception_metrics(self, gen, seed: int, variables) -> dict:
     """FID, IS and PRD of eval.num_samples samples (module docstring)."""
     cfg = self.config
     n = cfg.eval.num_samples
     pool3, logits = fid.compute_features(fid.inception_apply, variables,
-                                         self.sample_batches(gen, n), cfg.eval.batch_size)
+                                         self.sample_batches(gen, seed, n), cfg.eval.batch_size)
     mu, sigma, ref = self.reference(variables)
     m = {'fid': fid.frechet_distance(*fid.feature_statistics(pool3), mu, sigma)}
     m['inception_score'], m['inception_score_std'] = fid.inception_score(logits,
@@ -185,19 +188,25 @@ class ImageEvaluator(evaluation.Evaluator):
       m['prd_f8'], m['prd_f1_8'] = result.f_beta, result.f_beta_inv
     return m
 
-  def write(self, workdir, step, metrics, grid, history) -> None:
-    """The PNGs of the module docstring."""
+  def write(self, workdir, step, metrics, grids, history) -> None:
+    """The PNGs of the module docstring (a grid per seed)."""
     out = history_lib.eval_dir(workdir)
     name = self.config.data.name
-    title = f'{name}, iteration {step}'
-    if 'fid' in metrics:
-      title += f", FID {metrics['fid']:.2f}, IS {metrics['inception_score']:.2f}"
-    plotting.save_image_grid(os.path.join(out, f'samples_{step}.png'), grid, title=title)
+    titles = []
+    for seed in self.seeds:
+      value = lambda key: history_lib.seed_values(metrics, key, self.seeds)[
+          self.seeds.index(seed)]
+      title = f'{name}, seed {seed}, iteration {step}'
+      if 'fid' in metrics:
+        title += f", FID {value('fid'):.2f}, IS {value('inception_score'):.2f}"
+      titles.append(title)
+    plotting.save_image_grids(os.path.join(out, f'samples_{step}.png'), grids, titles)
     shutil.copyfile(os.path.join(out, f'samples_{step}.png'), os.path.join(out, 'samples.png'))
     if not os.path.exists(os.path.join(out, 'real.png')):
       plotting.save_image_grid(os.path.join(out, 'real.png'),
-                               self.test_images()[:len(grid)], title=f'{name} test images')
+                               self.test_images()[:len(grids[0])], title=f'{name} test images')
     plotting.plot_history(history, HISTORY_KEYS, os.path.join(out, 'history.png'),
-                          title=f'{name}: evaluation')
+                          title=f'{name}: evaluation', seeds=self.seeds)
     plotting.plot_history(history_lib.read_metrics(workdir), TRAIN_KEYS,
-                          os.path.join(out, 'bounds.png'), title=f'{name}: training batches')
+                          os.path.join(out, 'bounds.png'), title=f'{name}: training batches',
+                          seeds=self.seeds)

@@ -6,6 +6,10 @@ Flags:
              are rejected with the key named.
   --workdir  where checkpoints, metrics, TensorBoard files and figures go; rerunning with the
              same workdir resumes from the latest checkpoint.
+  --compilation_cache
+             JAX's persistent compilation cache (default $JAX_COMPILATION_CACHE_DIR, else
+             ~/.cache/bibound_jax/xla; '' turns it off): a rerun, a resumed run or another run
+             of the same config loads its compiled programs instead of compiling them again.
 """
 import logging as pylogging
 import os
@@ -29,7 +33,18 @@ flags.DEFINE_string('coordinator_address', None,
                     'it, BIBOUND_DISTRIBUTED=1 lets JAX detect the cluster (TPU pod, SLURM).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
 flags.DEFINE_integer('process_id', None, 'This process (with --coordinator_address).')
+flags.DEFINE_string('compilation_cache', os.environ.get(
+    'JAX_COMPILATION_CACHE_DIR', os.path.join('~', '.cache', 'bibound_jax', 'xla')),
+                    "JAX's persistent compilation cache directory ('': no cache).")
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def use_compilation_cache(path: str) -> None:
+  """Keep every compiled program that took more than 0.1 s in `path` ('' : none)."""
+  import jax
+  if path:
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(path))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.1)
 
 
 class _OwnLines(pylogging.Filter):
@@ -99,6 +114,7 @@ def main(argv):
   from experiments import checkpoints
   from experiments import run
 
+  use_compilation_cache(FLAGS.compilation_cache)
   sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(), jax.process_count(),

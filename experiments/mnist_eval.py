@@ -37,11 +37,12 @@ class StackedMNISTEvaluator(evaluation.Evaluator):
 
   def __init__(self, config, networks):
     super().__init__(config, networks)
-    key = jax.random.fold_in(jax.random.key(config.seed), 2)
-    k_z, self.k_data = jax.random.split(key)
-    self.z = jax.random.normal(k_z, (config.eval.num_samples, config.model.generator.latent_dim))
     self._classifier = None
-    self._data = None
+    self._data = {}
+
+  def keys(self, seed: int):
+    """(latent key, real-data key) of a seed's fixed evaluation noise."""
+    return jax.random.split(jax.random.fold_in(jax.random.key(seed), 2))
 
   def classifier(self, workdir: str):
     """The digit classifier: loaded from eval.classifier_path, else trained and cached there."""
@@ -58,23 +59,25 @@ class StackedMNISTEvaluator(evaluation.Evaluator):
     return mode_metrics.classify_stacked(mnist_classifier.classifier_apply,
                                          self.classifier(workdir), x, self.config.eval.batch_size)
 
-  def reference(self, workdir: str) -> dict:
+  def reference(self, seed: int, workdir: str) -> dict:
     """Real StackedMNIST samples for the energy statistics, and the modes/KL of as many real
-    samples as generated ones (the sampling-noise floor of the metrics); computed once."""
-    if self._data is None:
+    samples as generated ones (the sampling-noise floor of the metrics); once per seed."""
+    if seed not in self._data:
       images, _, _ = load_digits(self.config)
       x, _ = jax.jit(mnist_data.stacked_batch, static_argnums=2)(
-          jnp.asarray(images), self.k_data, self.config.eval.num_samples)
+          jnp.asarray(images), self.keys(seed)[1], self.config.eval.num_samples)
       modes = self.classify(x, workdir)
-      self._data = {'x': np.asarray(x[:self.config.eval.num_data]),
-                    'data_modes': mode_metrics.count_modes(modes),
-                    'data_kl': mode_metrics.kl_to_uniform(modes)}
-    return self._data
+      self._data[seed] = {'x': np.asarray(x[:self.config.eval.num_data]),
+                          'data_modes': mode_metrics.count_modes(modes),
+                          'data_kl': mode_metrics.kl_to_uniform(modes)}
+    return self._data[seed]
 
-  def compute(self, state, workdir: str) -> tuple[dict, np.ndarray]:
-    ref = self.reference(workdir)
-    bs = self.config.eval.batch_size
-    x = self.samples(state.generator, self.z, bs)
+  def compute(self, state, seed: int, workdir: str) -> tuple[dict, np.ndarray]:
+    ref = self.reference(seed, workdir)
+    bs, cfg = self.config.eval.batch_size, self.config
+    z = jax.random.normal(self.keys(seed)[0], (cfg.eval.num_samples,
+                                               cfg.model.generator.latent_dim))
+    x = self.samples(state.generator, z, bs)
     modes = self.classify(x, workdir)
     e_fake = self.energies(state.energy.params, x, bs)
     e_real = self.energies(state.energy.params, ref['x'], bs)
@@ -83,15 +86,29 @@ class StackedMNISTEvaluator(evaluation.Evaluator):
          'max_mode_fraction': float(hist.max() / hist.sum()),
          'data_modes': ref['data_modes'], 'data_kl': ref['data_kl'],
          'energy_real': float(e_real.mean()), 'energy_fake': float(e_fake.mean())}
-    logging.info('StackedMNIST eval: %d/1000 modes, KL %.3f (real data: %d, %.3f).',
-                 m['modes'], m['kl'], m['data_modes'], m['data_kl'])
-    return m, x
+    logging.info('StackedMNIST eval, seed %d: %d/1000 modes, KL %.3f (real data: %d, %.3f).',
+                 seed, m['modes'], m['kl'], m['data_modes'], m['data_kl'])
+    return m, (x, modes)
 
-  def write(self, workdir, step, metrics, x, history) -> None:
+  def write(self, workdir, step, metrics, artefacts, history) -> None:
+    """The sample grid of every seed, the scored samples and the curves over training."""
     out = history_lib.eval_dir(workdir)
     k = self.config.eval.grid_samples
-    title = f'iteration {step}: {metrics["modes"]}/1000 modes, KL {metrics["kl"]:.3f}'
+    grids, titles = [], []
+    for seed, (x, modes) in zip(self.seeds, artefacts):
+      grids.append(x[:k])
+      m = lambda key: history_lib.seed_values(metrics, key, self.seeds)[self.seeds.index(seed)]
+      titles.append(f'seed {seed}, iteration {step}: {m("modes"):.0f}/1000 modes, '
+                    f'KL {m("kl"):.3f}')
     for name in (f'samples_{step}.png', 'samples.png'):
-      plotting.save_image_grid(os.path.join(out, name), x[:k], title=title)
+      plotting.save_image_grids(os.path.join(out, name), grids, titles)
+    # The scored samples, so that a reader can recount the modes with another classifier.
+    np.savez_compressed(
+        os.path.join(out, f'samples_{step}.npz'),
+        images=np.stack([np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+                         for x, _ in artefacts]),
+        digits=np.stack([np.stack([m // 100, m // 10 % 10, m % 10], -1).astype(np.uint8)
+                         for _, m in artefacts]),
+        seeds=np.asarray(self.seeds))
     plotting.plot_history(history, ('modes', 'kl', 'energy_real', 'energy_fake'),
-                          os.path.join(out, 'modes.png'), 'StackedMNIST')
+                          os.path.join(out, 'modes.png'), 'StackedMNIST', self.seeds)

@@ -35,8 +35,6 @@ from absl import logging
 from ml_collections import config_flags
 
 from bibound_jax import assemble
-from bibound_jax import sharding
-from bibound_jax import train
 from bibound_jax.data import images
 from bibound_jax.metrics import fid
 from bibound_jax.metrics import ood
@@ -74,7 +72,8 @@ def ood_names(requested, in_distribution: str) -> list[str]:
 
 
 def restore(workdir: str, config=None, step: int | None = None):
-  """(config, energy module, energy params (host), step) from the run's checkpoint."""
+  """(config, energy module, energy params (host, leading seed axis), step) from the run's
+  checkpoint."""
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise checkpoints.CheckpointError(
         f'No checkpoints in {workdir} (looked for {os.path.join(workdir, "checkpoints")}).')
@@ -87,14 +86,8 @@ def restore(workdir: str, config=None, step: int | None = None):
     else:
       checkpoints.check_config(manager, step, config,
                                checkpoints.RESUMABLE_KEYS + DATA_LOCATION_KEYS)
-    nets = assemble.networks(config)
-    # The structure only (no initialisation), replicated on this host's devices.
-    rep = sharding.replicated(sharding.make_mesh())
-    abstract = jax.eval_shape(lambda k: train.create_state(config, nets, k),
-                              jax.random.key(config.seed))
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
-                            abstract)
-    state, _ = checkpoints.restore(manager, abstract, jax.random.key(0), step=step)
+    nets, abstract, rng = assemble.abstract_state(config)
+    state, _ = checkpoints.restore(manager, abstract, rng, step=step)
   finally:
     manager.close()
   return config, nets.energy, jax.device_get(state.energy.params), step
@@ -107,32 +100,40 @@ def evaluate_ood(workdir: str, config=None, ood_sets=DEFAULT_OOD, step: int | No
   `data_dir` (default: config.data.data_dir) is where TFDS finds the data sets.
 
   Returns {'step', 'in_distribution', 'num_in', 'energy_in', 'ood': {name: {'auroc', 'auprc',
-  'num', 'energy'}}} ('energy': the mean E of the set)."""
+  'num', 'energy'}}} ('energy': the mean E of the set); for a run of several seeds every
+  number is the mean over the seeds' energies, with `<key>/std` and `<key>/seed_<s>` beside it
+  (experiments/history.py)."""
   config, energy_model, params, step = restore(workdir, config, step)
+  seeds = assemble.seeds(config)
   name, shape = config.data.name, tuple(config.data.shape)
   batch = config.eval.batch_size
   data_dir = data_dir or config.data.data_dir or None
   download = config.data.download
   energy = evaluation.jit_energy(energy_model)
 
-  def scores(batches):
-    return -fid.compute_features(energy, params, batches, batch)
+  def scores(images_):
+    """-E of every image under each seed's energy: (seeds, N)."""
+    images_ = np.asarray(images_)
+    return np.stack([-fid.compute_features(energy, assemble.seed_slice(params, k),
+                                           [images_], batch)
+                     for k in range(len(seeds))])
 
   spec = images.resolve(name)
-  s_in = scores(images.image_batches(name, spec.eval_split, num_examples, batch, data_dir,
-                                    download))
-  result = {'step': step, 'in_distribution': name, 'num_in': int(s_in.size),
-            'energy_in': float(-np.mean(s_in)), 'ood': {}}
+  s_in = scores(images.load_images(name, spec.eval_split, num_examples, batch, data_dir,
+                                   download))
+  result = {'step': step, 'in_distribution': name, 'num_in': int(s_in.shape[1]),
+            'energy_in': history.over_seeds([{'e': -s.mean()} for s in s_in], seeds)['e'],
+            'ood': {}}
   for ood_name in ood_names(ood_sets, name):
     if ood_name in SYNTHETIC:
-      x = synthetic_images(ood_name, s_in.size, shape)
-      s_out = scores(x[i:i + batch] for i in range(0, len(x), batch))
+      s_out = scores(synthetic_images(ood_name, s_in.shape[1], shape))
     else:
       ood_spec = images.resolve(ood_name)
-      s_out = scores(images.image_batches(ood_name, ood_spec.eval_split, num_examples, batch,
-                                          data_dir, download, image_size=shape[0]))
-    result['ood'][ood_name] = dict(ood.ood_metrics(s_in, s_out), num=int(s_out.size),
-                                   energy=float(-np.mean(s_out)))
+      s_out = scores(images.load_images(ood_name, ood_spec.eval_split, num_examples, batch,
+                                        data_dir, download, image_size=shape[0]))
+    per_seed = [dict(ood.ood_metrics(a, b), energy=float(-np.mean(b)))
+                for a, b in zip(s_in, s_out)]
+    result['ood'][ood_name] = dict(history.over_seeds(per_seed, seeds), num=int(s_out.shape[1]))
     logging.info('OOD %s vs %s: %s', name, ood_name, result['ood'][ood_name])
   with open(os.path.join(history.eval_dir(workdir), f'ood_{step}.json'), 'w') as f:
     json.dump(result, f, indent=1)

@@ -5,11 +5,16 @@ import math
 import os
 from typing import Sequence
 
-import matplotlib
 import numpy as np
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
+
+def pyplot():
+  """matplotlib.pyplot on the Agg backend, imported on first use (it takes about a second, which
+  a run would otherwise spend before its first iteration)."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
 
 
 def image_grid(images: np.ndarray, ncol: int | None = None, pad: int = 2) -> np.ndarray:
@@ -33,6 +38,7 @@ def image_grid(images: np.ndarray, ncol: int | None = None, pad: int = 2) -> np.
 def save_image_grid(path: str, images: np.ndarray, ncol: int | None = None,
                     title: str | None = None) -> None:
   """Write `image_grid(images, ncol)` to `path` (PNG), with an optional title above it."""
+  plt = pyplot()
   grid = image_grid(images, ncol)
   h, w = grid.shape[:2]
   scale = max(1.0, 512 / max(h, w))
@@ -48,16 +54,41 @@ def save_image_grid(path: str, images: np.ndarray, ncol: int | None = None,
   plt.close(fig)
 
 
+def save_image_grids(path: str, grids: Sequence[np.ndarray], titles: Sequence[str]) -> None:
+  """Several image grids (one per seed) side by side, each with its title, in one PNG."""
+  plt = pyplot()
+  if len(grids) == 1:
+    save_image_grid(path, grids[0], title=titles[0])
+    return
+  tiles = [image_grid(g) for g in grids]
+  fig, axes = plt.subplots(1, len(tiles), figsize=(4.5 * len(tiles), 4.9), squeeze=False)
+  for ax, tile, title in zip(axes[0], tiles, titles):
+    ax.imshow(tile[..., 0] if tile.shape[-1] == 1 else tile,
+              cmap='gray' if tile.shape[-1] == 1 else None, interpolation='nearest')
+    ax.axis('off')
+    ax.set_title(title, fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
 def plot_history(history: Sequence[dict], keys: Sequence[str], path: str,
-                 title: str = '') -> None:
-  """One panel per key of `history` (a list of {'step': ..., key: value}) against the step."""
+                 title: str = '', seeds: Sequence[int] = (0,)) -> None:
+  """One panel per key of `history` (a list of {'step': ..., key: value}) against the step:
+  the value (the mean over the seeds), and each seed's (`key/seed_<s>`) when there are several."""
+  plt = pyplot()
   keys = [k for k in keys if any(k in h for h in history)]
   if not keys:
     return
   fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
   for ax, key in zip(axes[0], keys):
     pts = [(h['step'], h[key]) for h in history if key in h]
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker='o', ms=3)
+    line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker='o', ms=3)
+    for seed in seeds if len(seeds) > 1 else ():
+      pts = [(h['step'], h[f'{key}/seed_{seed}']) for h in history if f'{key}/seed_{seed}' in h]
+      ax.plot([p[0] for p in pts], [p[1] for p in pts], color=line.get_color(), lw=0.6,
+              alpha=0.5)
     ax.set_xlabel('iteration')
     ax.set_title(key)
     ax.grid(alpha=0.3)

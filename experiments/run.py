@@ -8,16 +8,21 @@ would have seen without the interruption.
 Workdir layout:
   checkpoints/<step>/     orbax checkpoints (the latest `train.keep_checkpoints`)
   metrics.jsonl           the scalars written at every log step (also in TensorBoard files)
-  events.out.tfevents.*   TensorBoard scalars (clu metric writer)
+  events.out.tfevents.*   TensorBoard scalars and the config (experiments/writers.py)
   eval/                   evaluation PNGs, JSON and arrays (written by the task's Evaluator)
+  timings.json            where the last session's wall time went (Unix times and seconds:
+                          entering the loop, the first compiled call returning, the
+                          evaluations, the end; benchmarks/startup.py reads it)
 
 The data pipeline and the evaluator come from the task of `config.data.name`
 (experiments/tasks.py).
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
+import time
 
 import jax
 import numpy as np
@@ -33,58 +38,67 @@ from bibound_jax import train
 from experiments import checkpoints
 from experiments import history
 from experiments import tasks
+from experiments import writers
 from experiments.checkpoints import CheckpointError, NonFiniteError  # noqa: F401 (re-exported)
 
 
-def _host_records(buffer: list[tuple[int, dict]]) -> list[dict[str, float]]:
-  """The buffered metrics as one host dict per iteration. Buffer entries are (n, metrics):
-  n = 1 for a single step's scalars, n > 1 for `steps_per_call` metrics stacked along axis 0."""
+def _host_records(buffer: list[tuple[int, dict]]) -> list[dict[str, np.ndarray]]:
+  """The buffered metrics as one host dict per iteration, each value an array over the seeds.
+  Buffer entries are (n, metrics): n = 1 for one iteration's metrics (seeds,), n > 1 for
+  `steps_per_call` iterations (seeds, n)."""
   out = []
   for n, metrics in jax.device_get(buffer):
-    out.extend([metrics] if n == 1 else ({k: v[i] for k, v in metrics.items()} for i in range(n)))
+    out.extend([metrics] if n == 1 else ({k: v[:, i] for k, v in metrics.items()}
+                                         for i in range(n)))
   return out
 
 
-def check_finite(buffer: list[tuple[int, dict]], first_step: int, manager) -> None:
-  """Raise NonFiniteError naming the first step and metric that is NaN/Inf in `buffer`
+def check_finite(buffer: list[tuple[int, dict]], first_step: int, manager, seeds) -> None:
+  """Raise NonFiniteError naming the first step, seed and metric that is NaN/Inf in `buffer`
   (metrics of iterations first_step, first_step + 1, ...)."""
   for i, metrics in enumerate(_host_records(buffer)):
-    if metrics['nonfinite'] == 0.0 and all(np.isfinite(v) for v in metrics.values()):
-      continue
-    bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
-    last = manager.latest_step()
-    where = (f'the last good checkpoint is {checkpoints.step_dir(manager, last)} (rerun to '
-             'resume from it)' if last is not None else 'no checkpoint was written yet')
-    what = f'{", ".join(bad)} = {[float(metrics[k]) for k in bad]}' if bad else 'a gradient'
-    raise NonFiniteError(
-        f'Non-finite values at iteration {first_step + i}: {what}. The state is not '
-        f'checkpointed; {where}. Lower the learning rates, set optim.grad_clip, or set '
-        "train.nonfinite='skip' to drop such updates.")
+    for k, seed in enumerate(seeds):
+      if metrics['nonfinite'][k] == 0.0 and all(np.isfinite(v[k]) for v in metrics.values()):
+        continue
+      bad = sorted(name for name, v in metrics.items() if not np.isfinite(v[k]))
+      last = manager.latest_step()
+      where = (f'the last good checkpoint is {checkpoints.step_dir(manager, last)} (rerun to '
+               'resume from it)' if last is not None else 'no checkpoint was written yet')
+      what = (f'{", ".join(bad)} = {[float(metrics[name][k]) for name in bad]}' if bad
+              else 'a gradient')
+      which = f' of seed {seed}' if len(seeds) > 1 else ''
+      raise NonFiniteError(
+          f'Non-finite values at iteration {first_step + i}{which}: {what}. The state is not '
+          f'checkpointed; {where}. Lower the learning rates, set optim.grad_clip, or set '
+          "train.nonfinite='skip' to drop such updates.")
 
 
 class DivergenceMonitor:
-  """Warns when E(fake) - E(real) or |E| passes train.divergence_gap / divergence_energy, once
-  and then again each time the excess over the threshold doubles."""
+  """Warns when E(fake) - E(real) or |E| of a seed passes train.divergence_gap /
+  divergence_energy, once and then again each time that seed's excess over the threshold
+  doubles."""
 
   def __init__(self, config):
     self.gap_threshold = config.train.divergence_gap
     self.energy_threshold = config.train.divergence_energy
-    self.warned = 0.5   # the excess last warned about
+    self.warned = {}   # seed -> the excess last warned about
 
-  def __call__(self, scalars: dict, step: int) -> bool:
-    """Whether the thresholds are passed (logging a warning when the excess doubled)."""
+  def __call__(self, scalars: dict, step: int, seed: int | None = None) -> bool:
+    """Whether one seed's scalars pass the thresholds (logging a warning when its excess
+    doubled; `seed` is named in it when given)."""
     gap = scalars['energy_fake'] - scalars['energy_real']
     size = max(abs(scalars['energy_fake']), abs(scalars['energy_real']))
     excess = max(gap / self.gap_threshold, size / self.energy_threshold)
     if excess <= 1.0:
       return False
-    if excess >= 2.0 * self.warned:
-      self.warned = excess
+    if excess >= 2.0 * self.warned.get(seed, 0.5):
+      self.warned[seed] = excess
       logging.warning(
-          'Divergence at iteration %d: E(fake) - E(real) = %.3g (threshold %g), max |E| = '
+          'Divergence at iteration %d%s: E(fake) - E(real) = %.3g (threshold %g), max |E| = '
           '%.3g (threshold %g). The energy is running away from the generator; the '
-          "lower-bound-only baseline (bounds.upper='none') is expected to do this.", step, gap,
-          self.gap_threshold, size, self.energy_threshold)
+          "lower-bound-only baseline (bounds.upper='none') is expected to do this.", step,
+          '' if seed is None else f' (seed {seed})', gap, self.gap_threshold, size,
+          self.energy_threshold)
     return True
 
 
@@ -112,9 +126,11 @@ class _Preemption:
       signal.signal(sig, handler)
 
 
-def _mean_metrics(buffer: list[tuple[int, dict]]) -> dict[str, float]:
+def _mean_metrics(buffer: list[tuple[int, dict]], num_seeds: int) -> list[dict[str, float]]:
+  """Each seed's metrics averaged over the buffered iterations."""
   records = _host_records(buffer)
-  return {k: float(np.mean([r[k] for r in records])) for k in records[0]}
+  return [{name: float(np.mean([r[name][k] for r in records])) for name in records[0]}
+          for k in range(num_seeds)]
 
 
 def chunk_length(step: int, config) -> int:
@@ -132,6 +148,7 @@ def chunk_length(step: int, config) -> int:
 
 def train_and_evaluate(config, workdir: str) -> train.BiboundState:
   """Train (or resume) the run described by `config` in `workdir`; returns the final state."""
+  timings = {'entered': time.time(), 'evaluations_s': []}
   task = tasks.validate(config)
   lower, _ = bounds.from_config(config)
   if config.bounds.lambda_h != 1.0 and lower.has_entropy:
@@ -139,9 +156,10 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
                     'bound on the log-likelihood (docs/bounds.md).', config.bounds.lambda_h)
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  writer, tensorboard = writers.create_writer(workdir, is_chief)
 
-  mesh = sharding.make_mesh()
+  seeds = assemble.seeds(config)
+  mesh = sharding.make_mesh(num_seeds=len(seeds))
   try:
     sharding.per_device_batch(config.train.batch_size, mesh)
   except ValueError as e:
@@ -152,11 +170,22 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
   restored = checkpoints.restore(manager, state, rng, config=config)
   if restored is not None:
     state, rng = restored
-    logging.info('Resumed from %s at step %d.', manager.directory, int(state.step))
-    history.truncate(workdir, int(state.step))
-  else:
-    writer.write_hparams({k: str(v) for k, v in checkpoints.flatten(config.to_dict()).items()})
-  start = int(state.step)
+    logging.info('Resumed from %s at step %d.', manager.directory, train.iteration(state))
+    history.truncate(workdir, train.iteration(state))
+  elif tensorboard is not None:
+    tensorboard.write_hparams({k: str(v) for k, v in
+                               checkpoints.flatten(config.to_dict()).items()})
+  start = train.iteration(state)
+  logging.info('%s: %s, bounds %s + %s, %s, %d iteration(s) to %d, batch %d, workdir %s.',
+               config.data.name, f'{len(seeds)} seeds from {seeds[0]}' if len(seeds) > 1
+               else f'seed {seeds[0]}', config.bounds.lower, config.bounds.upper,
+               f'networks {config.model.energy.name}/{config.model.generator.name}',
+               config.train.num_steps - start, config.train.num_steps, config.train.batch_size,
+               workdir)
+  # Wall-clock seconds of training and evaluation, across resumptions (the evaluations'
+  # `wall_s`).
+  previous = history.load(workdir)
+  wall_offset, wall_start = (previous[-1].get('wall_s', 0.0) if previous else 0.0), time.time()
 
   step_fn = train.make_train_step(config, mesh=mesh)
   steps_per_call = config.train.steps_per_call
@@ -180,11 +209,15 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
     while step < num_steps:
       # `step` counts iterations done after this call; the step functions donate `state`.
       n = chunk_length(step, config)
+      call_start = time.time()
       with jax.profiler.StepTraceAnnotation('train', step_num=step + n):
         if n == 1:
           state, metrics = step_fn(state, batch_at(step), rng)
         else:
           state, metrics = steps_fn(state, tuple(batch_at(step + i) for i in range(n)), rng)
+      if 'first_call_end' not in timings:   # compilation and the first call
+        jax.block_until_ready(state)
+        timings['first_call_start'], timings['first_call_end'] = call_start, time.time()
       step += n
       buffer.append((n, metrics))
       for hook in hooks:
@@ -195,21 +228,27 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
                   or preempted.signal is not None)
       if (log_now or eval_now or save_now) and config.train.nonfinite == 'stop':
         # Nothing is written or evaluated after a NaN: the check sees every iteration.
-        check_finite(buffer, buffer_start, manager)
+        check_finite(buffer, buffer_start, manager, seeds)
       if log_now:
-        scalars = _mean_metrics(buffer)
+        per_seed = _mean_metrics(buffer, len(seeds))
+        for m, skipped in zip(per_seed, np.asarray(jax.device_get(state.skipped))):
+          m['skipped'] = float(skipped)
+        scalars = history.over_seeds(per_seed, seeds)
         if hasattr(batch_at, 'waited'):   # ms per iteration spent waiting for the batch
           scalars['data_wait_ms'] = 1e3 * (waited() - data_wait) / sum(n for n, _ in buffer)
           data_wait = waited()
         buffer, buffer_start = [], step + 1
-        scalars['skipped'] = float(state.skipped)
         writer.write_scalars(step, scalars)
         if is_chief:
           history.append_metrics(workdir, step, scalars)
-        diverging(scalars, step)
+        for seed, m in zip(seeds, per_seed):
+          diverging(m, step, seed if len(seeds) > 1 else None)
       if eval_now:
+        eval_start = time.time()
         with report.timed('eval'):
-          scalars = evaluator.evaluate(state, step, workdir)
+          scalars = evaluator.evaluate(
+              state, step, workdir, {'wall_s': wall_offset + time.time() - wall_start})
+        timings['evaluations_s'].append(time.time() - eval_start)
         writer.write_scalars(step, {f'eval/{k}': v for k, v in scalars.items()})
       if save_now:
         with report.timed('checkpoint'):
@@ -220,4 +259,8 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
                         checkpoints.step_dir(manager, step), step)
         break
   manager.close()
+  if is_chief:
+    timings['end'] = time.time()
+    with open(os.path.join(workdir, 'timings.json'), 'w') as f:
+      json.dump(timings, f, indent=1)
   return state

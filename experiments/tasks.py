@@ -3,7 +3,7 @@
 A task has
   datasets        the `config.data.name` values it serves;
   batches         (config, mesh, start_step) -> batch_at(step): the batch of iteration `step`
-                  (0-based), an array (energy_steps, B, *data.shape) in
+                  (0-based), an array (seeds, energy_steps, B, *data.shape) in
                   `sharding.batch_sharding(mesh)`; the loop calls it with consecutive steps
                   from `start_step` (bibound_jax/data/);
   evaluator       the Evaluator class (experiments/evaluation.py);
@@ -18,6 +18,7 @@ from typing import Callable
 
 from absl import logging
 
+from bibound_jax import assemble
 from bibound_jax import config_checks
 from bibound_jax import config_lib
 from bibound_jax.data import images as image_data
@@ -39,7 +40,7 @@ class Task:
 
 def _toy_batches(config, mesh, start_step):
   del start_step   # a pure function of (seed, step)
-  return toy_data.batch_fn(config.data.name, config.seed, config.optim.energy_steps,
+  return toy_data.batch_fn(config.data.name, assemble.seeds(config), config.optim.energy_steps,
                            config.train.batch_size, mesh)
 
 
@@ -47,12 +48,12 @@ def _stackedmnist_batches(config, mesh, start_step):
   del start_step   # a pure function of (seed, step)
   images, labels, source = mnist_eval.load_digits(config)
   logging.info('StackedMNIST from %d %s digits.', len(labels), source)
-  return mnist_data.batch_fn(images, config.seed, config.optim.energy_steps,
+  return mnist_data.batch_fn(images, assemble.seeds(config), config.optim.energy_steps,
                              config.train.batch_size, mesh)
 
 
 def _image_batches(config, mesh, start_step):
-  return image_data.batch_stream(config.data.name, config.seed, start_step,
+  return image_data.batch_stream(config.data.name, assemble.seeds(config), start_step,
                                  config.optim.energy_steps, config.train.batch_size, mesh,
                                  config.data.data_dir or None, config.data.download)
 

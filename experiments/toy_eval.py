@@ -10,33 +10,57 @@ In 2-D every quantity of the objective (docs/bounds.md, "The objective") is comp
 and the upper bound as trained, L_up = L_lo + relu(w GP - zeta). With lambda_H != 1 the
 generator's objective E_data[E] - E_{p_g}[E] + lambda_H H[p_g] is no longer below the NLL.
 
-Written to workdir/eval/: samples_<step>.png (+ samples.png, the latest), bounds.png,
-sandwich.png, metrics_<step>.json, history.json and toy_eval.npz (`samples` 10,000 x 2,
-`grid` M x 2 with spacing 0.01 over at least [-2, 2]^2, `energy` M).
+When a bound fails the evaluation says so: `folded_fraction` is the share of latents whose
+det J has the minority sign (an injective map of the plane keeps one orientation, so > 0 means
+G folds, and the change-of-variables entropy then over-counts), and `lower_bound_fails`
+(L_lo > NLL, i.e. KL(p_g || p_theta) < 0), `upper_bound_fails` (NLL > L_up) and
+`estimator_above_exact` (the training estimator's entropy above the exact one: an unconverged
+iteration) are 1 where they happen; a warning names the seeds, and sandwich.png marks them.
+
+Written to workdir/eval/: samples_<step>.png (+ samples.png, the latest; one row per seed),
+bounds.png, sandwich.png, metrics_<step>.json, history.json and toy_eval.npz (`grid` M x 2 with
+spacing 0.01 over at least [-2, 2]^2; `samples` (seeds, 10,000, 2) and `energy` (seeds, M) on
+the grid; `seeds`).
 """
 from __future__ import annotations
 
 import os
 import shutil
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
+from absl import logging
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
+from bibound_jax import generator as generator_lib
+from bibound_jax import train
+from bibound_jax.bounds import entropy
+from bibound_jax.bounds import gradient_penalty
+from bibound_jax.data import toy as toy_data
+from bibound_jax.metrics import toy as toy_metrics
+from experiments import evaluation
+from experiments import history as history_lib
+from experiments.plotting import pyplot
 
-from bibound_jax import generator as generator_lib  # noqa: E402
-from bibound_jax.bounds import entropy  # noqa: E402
-from bibound_jax.bounds import gradient_penalty  # noqa: E402
-from bibound_jax.data import toy as toy_data  # noqa: E402
-from bibound_jax.metrics import toy as toy_metrics  # noqa: E402
-from experiments import evaluation  # noqa: E402
-from experiments import history as history_lib  # noqa: E402
+def _chunked(fn, x, chunk: int):
+  """fn over x in chunks of exactly `chunk` rows (the last one padded with copies of the first
+  row, then cut), so that a jitted fn compiles once; outputs concatenated along axis 0."""
+  x = np.asarray(x)
+  pad = -len(x) % chunk
+  padded = np.concatenate([x, np.repeat(x[:1], pad, 0)]) if pad else x
+  out = [fn(padded[i:i + chunk]) for i in range(0, len(padded), chunk)]
+  return jax.tree.map(lambda *a: np.concatenate([np.asarray(b) for b in a])[:len(x)], *out)
 
-def _chunked(fn, x, chunk=65536):
-  return np.concatenate([np.asarray(fn(x[i:i + chunk])) for i in range(0, len(x), chunk)])
+
+class _Noise(NamedTuple):
+  """A seed's fixed evaluation noise: latents, data samples, GP latents and probes, and the
+  estimator's key."""
+  z: jax.Array
+  x_data: np.ndarray
+  gp_z: jax.Array
+  gp_probes: jax.Array
+  k_est: jax.Array
 
 
 class ToyEvaluator(evaluation.Evaluator):
@@ -45,9 +69,8 @@ class ToyEvaluator(evaluation.Evaluator):
   def __init__(self, config, networks):
     super().__init__(config, networks)
     self.name = config.data.name
-    ecfg = config.eval
     self.half_width = max(2.0, toy_data.eval_box(self.name))
-    self.spacing = ecfg.grid_spacing
+    self.spacing = config.eval.grid_spacing
     self.grid, self.n_axis = toy_metrics.make_grid(self.half_width, self.spacing)
     self.cell_area = self.spacing**2
     # log Z needs the mass of exp(-E) outside the plotting box too: quadrature over a box 4x as
@@ -56,18 +79,18 @@ class ToyEvaluator(evaluation.Evaluator):
     self.z_grid, self.z_axis = toy_metrics.make_grid(4 * self.half_width, 2 * self.spacing)
     self.z_cell_area = (2 * self.spacing)**2
     self._log_p_data = None
-    key = jax.random.fold_in(jax.random.key(config.seed), 2)
-    k_z, k_data, k_gp, self.k_est = jax.random.split(key, 4)
-    d = config.model.generator.latent_dim
-    self.z = jax.random.normal(k_z, (ecfg.num_samples, d))
-    self.x_data = toy_data.sample(self.name, k_data, ecfg.num_samples)
-    self.gp_z = self.z[:ecfg.gp_samples]
-    self.gp_probes = jax.random.normal(k_gp, self.gp_z.shape)
-    self._log_volume = jax.jit(lambda g, z, k: entropy.batched_log_volume(
-        entropy.exact_logdet, generator_lib.inference_fn(g), g.params, z, k).value)
+    self._noise = {}
     est = entropy.JacobianTerms(config.bounds.sv).estimator
-    self._est_log_volume = jax.jit(lambda g, z, k: entropy.batched_log_volume(
-        est, generator_lib.inference_fn(g), g.params, z, k).value)
+
+    def latent_terms(g, z, key):
+      """Per latent: the exact log-volume 1/2 log det J^T J, the training estimator's term,
+      and det J (its sign tells folding apart, d = D = 2)."""
+      fn = generator_lib.inference_fn(g)
+      exact = entropy.batched_log_volume(entropy.exact_logdet, fn, g.params, z, key).value
+      estimate = entropy.batched_log_volume(est, fn, g.params, z, key).value
+      det = jax.vmap(lambda zi: jnp.linalg.det(entropy.jacobian(fn, g.params, zi)))(z)
+      return exact, estimate, det
+    self._latent_terms = jax.jit(latent_terms)
 
     def gp(e_params, g, z, probes):
       energy_fn = lambda x: networks.energy.apply({'params': e_params}, x)
@@ -76,33 +99,44 @@ class ToyEvaluator(evaluation.Evaluator):
       return jnp.mean(per_sample)
     self._gp = jax.jit(gp)
 
+  def noise(self, seed: int) -> _Noise:
+    """The fixed evaluation noise of `seed` (from fold_in(key(seed), 2))."""
+    if seed not in self._noise:
+      ecfg = self.config.eval
+      k_z, k_data, k_gp, k_est = jax.random.split(jax.random.fold_in(jax.random.key(seed), 2), 4)
+      z = jax.random.normal(k_z, (ecfg.num_samples, self.config.model.generator.latent_dim))
+      gp_z = z[:ecfg.gp_samples]
+      self._noise[seed] = _Noise(z, np.asarray(toy_data.sample(self.name, k_data,
+                                                               ecfg.num_samples)),
+                                 gp_z, jax.random.normal(k_gp, gp_z.shape), k_est)
+    return self._noise[seed]
+
   @property
   def log_p_data(self) -> np.ndarray:
     if self._log_p_data is None:
       self._log_p_data = toy_data.log_density(self.name, self.grid)
     return self._log_p_data
 
-  def compute(self, state, workdir: str) -> tuple[dict, dict]:
-    """(scalar metrics, arrays) for a host copy of the state."""
+  def compute(self, state, seed: int, workdir: str) -> tuple[dict, dict]:
+    """(scalar metrics, arrays) of one seed."""
     del workdir
-    cfg = self.config
+    cfg, noise = self.config, self.noise(seed)
     e_params, gen = state.energy.params, state.generator
-    samples = np.asarray(self._generate(gen, self.z))
-    energy_grid = self.energies(e_params, self.grid, 65536)
-    energy_z = self.energies(e_params, self.z_grid, 65536)
+    samples = np.asarray(self._generate(gen, noise.z))
+    energy = lambda x: _chunked(lambda c: self._energy(e_params, c), x, 65536)
+    energy_grid, energy_z = energy(self.grid), energy(self.z_grid)
     log_z = float(toy_metrics.grid_log_normaliser(-energy_z, self.z_cell_area))
     edge = np.max(np.abs(self.z_grid), axis=1) > 3.5 * self.half_width
     log_w = -energy_z + np.log(self.z_cell_area) - log_z
     z_edge_mass = float(np.sum(np.exp(log_w[edge])))
-    e_data = float(np.mean(self._energy(e_params, self.x_data)))
-    e_fake = float(np.mean(self._energy(e_params, samples)))
+    e_data, e_fake = float(np.mean(energy(noise.x_data))), float(np.mean(energy(samples)))
     d = cfg.model.generator.latent_dim
-    h_exact = entropy.gaussian_entropy(d) + float(np.mean(
-        _chunked(lambda z: self._log_volume(gen, z, self.k_est), self.z, 2048)))
-    h_est = entropy.gaussian_entropy(d) + float(np.mean(
-        _chunked(lambda z: self._est_log_volume(gen, z, self.k_est), self.z, 2048)))
-    gp = float(self._gp(e_params, gen, self.gp_z, self.gp_probes))
-    weight = float(gradient_penalty.gp_weight(int(state.step), cfg.bounds.gp.weight,
+    exact, estimate, det = _chunked(lambda z: self._latent_terms(gen, z, noise.k_est), noise.z,
+                                    2048)
+    h_exact = entropy.gaussian_entropy(d) + float(np.mean(exact))
+    h_est = entropy.gaussian_entropy(d) + float(np.mean(estimate))
+    gp = float(self._gp(e_params, gen, noise.gp_z, noise.gp_probes))
+    weight = float(gradient_penalty.gp_weight(train.iteration(state), cfg.bounds.gp.weight,
                                               cfg.bounds.gp.schedule))
     upper_term = max(weight * gp - cfg.bounds.gp.margin, 0.0)
     nll = e_data + log_z
@@ -118,78 +152,110 @@ class ToyEvaluator(evaluation.Evaluator):
         'gp': gp, 'upper_term_gp': upper_term, 'upper_bound_gp': lower + upper_term,
         'kl_data_model': float(toy_metrics.grid_kl(self.log_p_data, -energy_grid,
                                                    self.cell_area)),
+        # An injective map of the plane keeps one orientation: the share of latents whose
+        # det J has the minority sign is mass on folds, where the entropy over-counts.
+        'folded_fraction': float(min(np.mean(det < 0), np.mean(det > 0))),
+        # 1 where a bound fails: L_lo > NLL (equivalently KL(p_g || p_theta) < 0), NLL > L_up
+        # (the GP term below the KL it should bound), the estimator above the exact entropy.
+        'lower_bound_fails': float(lower > nll),
+        'upper_bound_fails': float(nll > lower + upper_term),
+        'estimator_above_exact': float(h_est > h_exact + 1e-3),
     }
     if self.name == '25gaussians':
       mm = toy_metrics.mode_metrics(samples, toy_data.mode_centres(self.name),
                                     toy_data.mode_std(self.name))
       m['modes_covered'] = int(mm['modes_covered'])
       m['hq_fraction'] = float(mm['hq_fraction'])
-    arrays = {'samples': samples.astype(np.float32), 'grid': self.grid.astype(np.float32),
-              'energy': energy_grid.astype(np.float32)}
+    arrays = {'samples': samples.astype(np.float32), 'energy': energy_grid.astype(np.float32),
+              'log_z': np.float32(log_z), 'x_data': noise.x_data}
     return m, arrays
 
   def write(self, workdir, step, metrics, arrays, history) -> None:
     """toy_eval.npz and the PNGs of the module docstring."""
     out = history_lib.eval_dir(workdir)
-    np.savez_compressed(os.path.join(out, 'toy_eval.npz'), **arrays)
-    plot_samples(arrays, self.x_data, self.n_axis, self.half_width, metrics, step,
+    np.savez_compressed(os.path.join(out, 'toy_eval.npz'), grid=self.grid.astype(np.float32),
+                        samples=np.stack([a['samples'] for a in arrays]),
+                        energy=np.stack([a['energy'] for a in arrays]),
+                        seeds=np.asarray(self.seeds))
+    plot_samples(arrays, self.seeds, self.n_axis, self.half_width, metrics, step,
                  os.path.join(out, f'samples_{step}.png'), self.name)
     shutil.copyfile(os.path.join(out, f'samples_{step}.png'), os.path.join(out, 'samples.png'))
-    plot_bound_terms(history_lib.read_metrics(workdir), os.path.join(out, 'bounds.png'))
-    plot_sandwich(history, self.config.bounds, os.path.join(out, 'sandwich.png'))
+    plot_bound_terms(history_lib.read_metrics(workdir), self.seeds,
+                     os.path.join(out, 'bounds.png'))
+    plot_sandwich(history, self.seeds, self.config.bounds, os.path.join(out, 'sandwich.png'))
+    for flag, what in (('lower_bound_fails', 'L_lo > NLL (the entropy term over-counts)'),
+                       ('upper_bound_fails', 'L_up < NLL (the upper term is below the KL)')):
+      failed = [seed for seed, v in zip(self.seeds, history_lib.seed_values(
+          metrics, flag, self.seeds)) if v]
+      if failed:
+        logging.warning('Toy evaluation at %d: %s for seed(s) %s.', step, what,
+                        ', '.join(map(str, failed)))
 
 
-
-def plot_samples(arrays, x_data, n_axis, half_width, m, step, path, name) -> None:
-  """Samples over data; density exp(-E)/Z and log-density on the grid."""
+def plot_samples(arrays, seeds, n_axis, half_width, m, step, path, name) -> None:
+  """One row per seed: samples over data; density exp(-E)/Z and log-density on the grid."""
+  plt = pyplot()
   # make_grid orders points with x varying slowest: reshape(n, n)[i, j] is (x_i, y_j);
   # imshow wants rows = y, so transpose.
-  energy = arrays['energy'].reshape(n_axis, n_axis).T
-  log_q = -energy - m['log_z']
   extent = (-half_width, half_width, -half_width, half_width)
-  fig, axes = plt.subplots(1, 3, figsize=(15, 5))
-  ax = axes[0]
-  xd = np.asarray(x_data)
-  ax.scatter(xd[:, 0], xd[:, 1], s=1, alpha=0.3, c='tab:blue', label='data')
-  s = arrays['samples']
-  ax.scatter(s[:, 0], s[:, 1], s=1, alpha=0.3, c='tab:red', label='generator')
-  ax.set_xlim(extent[:2])
-  ax.set_ylim(extent[2:])
-  ax.set_aspect('equal')
-  ax.legend(loc='upper right', markerscale=8)
-  title = f'samples, step {step}'
-  if 'modes_covered' in m:
-    title += f"\nmodes {m['modes_covered']}/25, high-quality {m['hq_fraction']:.2f}"
-  ax.set_title(title)
-  im = axes[1].imshow(np.exp(log_q), origin='lower', extent=extent, cmap='viridis')
-  axes[1].set_title(f"density exp(-E)/Z\nKL(data || model) = {m['kl_data_model']:.3f}")
-  fig.colorbar(im, ax=axes[1], fraction=0.046)
-  im = axes[2].imshow(np.maximum(log_q, log_q.max() - 20), origin='lower', extent=extent,
-                      cmap='magma')
-  axes[2].set_title(f'log-density -E - log Z ({name})')
-  fig.colorbar(im, ax=axes[2], fraction=0.046)
+  fig, axes = plt.subplots(len(seeds), 3, figsize=(15, 5 * len(seeds)), squeeze=False)
+  for row, seed, a in zip(axes, seeds, arrays):
+    value = lambda key: (m[key] if len(seeds) == 1 else m[f'{key}/seed_{seed}'])
+    log_q = -a['energy'].reshape(n_axis, n_axis).T - a['log_z']
+    ax = row[0]
+    ax.scatter(a['x_data'][:, 0], a['x_data'][:, 1], s=1, alpha=0.3, c='tab:blue',
+               label='data')
+    ax.scatter(a['samples'][:, 0], a['samples'][:, 1], s=1, alpha=0.3, c='tab:red',
+               label='generator')
+    ax.set_xlim(extent[:2])
+    ax.set_ylim(extent[2:])
+    ax.set_aspect('equal')
+    ax.legend(loc='upper right', markerscale=8)
+    title = f'seed {seed}, step {step}'
+    if 'modes_covered' in m:
+      title += f"\nmodes {value('modes_covered'):.0f}/25, high-quality {value('hq_fraction'):.2f}"
+    ax.set_title(title)
+    im = row[1].imshow(np.exp(log_q), origin='lower', extent=extent, cmap='viridis')
+    row[1].set_title(f"density exp(-E)/Z\nKL(data || model) = {value('kl_data_model'):.3f}")
+    fig.colorbar(im, ax=row[1], fraction=0.046)
+    im = row[2].imshow(np.maximum(log_q, log_q.max() - 20), origin='lower', extent=extent,
+                       cmap='magma')
+    row[2].set_title(f'log-density -E - log Z ({name})')
+    fig.colorbar(im, ax=row[2], fraction=0.046)
   fig.tight_layout()
-  fig.savefig(path, dpi=80)
+  fig.savefig(path, dpi=60)
   plt.close(fig)
 
 
-def plot_bound_terms(records: list[dict], path: str) -> None:
+def _curves(ax, steps, records, key, seeds, **style):
+  """The mean of `key` over the seeds (a line), and each seed (thin lines) when there are
+  several."""
+  line, = ax.plot(steps, [r[key] for r in records], label=key, **style)
+  if len(seeds) > 1:
+    for seed in seeds:
+      ax.plot(steps, [r[f'{key}/seed_{seed}'] for r in records], color=line.get_color(),
+              lw=0.5, alpha=0.5)
+  return line
+
+
+def plot_bound_terms(records: list[dict], seeds, path: str) -> None:
   """Training-time bound terms (workdir/metrics.jsonl): lower bound, upper-bound term,
-  energies."""
+  energies (mean over seeds, and each seed)."""
+  plt = pyplot()
   if not records:
     return
   steps = [r['step'] for r in records]
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
   for key in ('energy_real', 'energy_fake'):
-    axes[0].plot(steps, [r[key] for r in records], label=key)
+    _curves(axes[0], steps, records, key, seeds)
   axes[0].set_title('energies (train batches)')
   for key in ('lower_bound', 'upper_bound', 'entropy'):
     if key in records[0]:
-      axes[1].plot(steps, [r[key] for r in records], label=key)
+      _curves(axes[1], steps, records, key, seeds)
   axes[1].set_title('bounds (train batches)')
   for key in ('upper_term', 'gp', 'dsm'):
     if key in records[0]:
-      axes[2].plot(steps, [r[key] for r in records], label=key)
+      _curves(axes[2], steps, records, key, seeds)
   axes[2].set_yscale('symlog', linthresh=1e-3)
   axes[2].set_title('upper-bound term')
   for ax in axes:
@@ -200,29 +266,44 @@ def plot_bound_terms(records: list[dict], path: str) -> None:
   plt.close(fig)
 
 
-def plot_sandwich(history: list[dict], bounds_config, path: str) -> None:
-  """L_lo <= NLL <= L_up over training, from the evaluations (log Z by quadrature)."""
+def plot_sandwich(history: list[dict], seeds, bounds_config, path: str) -> None:
+  """L_lo <= NLL <= L_up over training, from the evaluations (log Z by quadrature): the mean
+  over seeds, each seed, and a cross at every evaluation of a seed where a bound fails."""
+  plt = pyplot()
   if not history:
     return
   steps = [h['step'] for h in history]
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  ax.plot(steps, [h['nll'] for h in history], 'k-', lw=2, label='NLL (quadrature)')
-  ax.plot(steps, [h['lower_bound'] for h in history], 'b-', label='L_lo (exact entropy)')
-  ax.plot(steps, [h['lower_bound_estimator'] for h in history], 'b--',
-          label=f'L_lo ({bounds_config.sv.estimator})')
+  _curves(ax, steps, history, 'nll', seeds, color='k', lw=2)
+  _curves(ax, steps, history, 'lower_bound', seeds, color='tab:blue')
+  _curves(ax, steps, history, 'lower_bound_estimator', seeds, color='tab:cyan', ls='--')
+  labels = {'nll': 'NLL (quadrature)', 'lower_bound': 'L_lo (exact entropy)',
+            'lower_bound_estimator': f'L_lo ({bounds_config.sv.estimator})'}
   if bounds_config.lambda_h != 1.0:
-    ax.plot(steps, [h['lower_bound_lambda'] for h in history], 'm:',
-            label=f'objective with lambda_H = {bounds_config.lambda_h:g} (not a bound)')
+    _curves(ax, steps, history, 'lower_bound_lambda', seeds, color='m', ls=':')
+    labels['lower_bound_lambda'] = f'objective, lambda_H = {bounds_config.lambda_h:g} (no bound)'
   if bounds_config.upper == 'gp':
-    ax.plot(steps, [h['upper_bound_gp'] for h in history], 'r-',
-            label='L_up = L_lo + relu(w GP - zeta)')
+    _curves(ax, steps, history, 'upper_bound_gp', seeds, color='tab:red')
+    labels['upper_bound_gp'] = 'L_up = L_lo + relu(w GP - zeta)'
+  for flag, key, colour in (('lower_bound_fails', 'lower_bound', 'tab:blue'),
+                            ('upper_bound_fails', 'upper_bound_gp', 'tab:red')):
+    if flag == 'upper_bound_fails' and bounds_config.upper != 'gp':
+      continue
+    pts = [(h['step'], v) for h in history
+           for f, v in zip(history_lib.seed_values(h, flag, seeds),
+                           history_lib.seed_values(h, key, seeds)) if f]
+    if pts:
+      ax.plot(*zip(*pts), 'x', color=colour, ms=9, mew=2,
+              label=f'{labels[key].split(" (")[0].split(" =")[0]} fails')
+  handles, names = ax.get_legend_handles_labels()
+  ax.legend(handles, [labels.get(n, n) for n in names], fontsize=8)
   ax.set_xlabel('iteration')
   ax.set_ylabel('nats')
-  lo, hi = np.percentile([h['nll'] for h in history], [0, 100])
+  nlls = [v for h in history for v in history_lib.seed_values(h, 'nll', seeds)]
+  lo, hi = np.percentile(nlls, [0, 100])
   pad = max(1.0, 0.5 * (hi - lo))
   ax.set_ylim(lo - 3 * pad, hi + 3 * pad)
-  ax.legend(fontsize=8)
-  ax.set_title('likelihood sandwich')
+  ax.set_title('likelihood sandwich' + (f', {len(seeds)} seeds' if len(seeds) > 1 else ''))
   fig.tight_layout()
   fig.savefig(path, dpi=80)
   plt.close(fig)

@@ -10,6 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+# Tests check values, not speed: XLA's slower optimisation passes cost more compile time than
+# the tests' small programs run (the Flax examples' tests do the same). Set in the
+# environment too, so the subprocesses the tests start inherit it.
+os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
+jax.config.update('jax_disable_most_optimizations',
+                  os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS'] not in ('0', 'false', 'False'))
+
 # Many tests build the same train step; a persistent compilation cache (shared with the
 # subprocesses the tests start) compiles each distinct program once per machine.
 _CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '.pytest_cache', 'jax')

@@ -37,8 +37,9 @@ def test_a_new_bound_is_one_class_and_one_registry_entry(monkeypatch):
   cfg.train.batch_size = 32
   config_lib.validate_config(cfg, ('25gaussians',))
   _, state, rng = assemble.initial_state(cfg)
-  batch = jax.random.normal(jax.random.key(0), (1, 32, 2))
+  batch = jax.random.normal(jax.random.key(0), (1, 1, 32, 2))
   _, metrics = train.make_train_step(cfg, donate=False)(state, batch, rng)
+  metrics = assemble.seed_slice(metrics, 0)
   assert float(metrics['energy_l2']) > 0
   np.testing.assert_allclose(metrics['upper_term'], metrics['energy_l2'])
   np.testing.assert_allclose(metrics['upper_bound'] - metrics['lower_bound'],

@@ -11,6 +11,7 @@ import pytest
 
 tfds = pytest.importorskip('tensorflow_datasets')
 
+from bibound_jax import train
 from bibound_jax import assemble  # pylint: disable=g-import-not-at-top
 from bibound_jax import sharding
 from bibound_jax.data import images
@@ -97,7 +98,7 @@ def _jsonl_steps(workdir):
 
 def test_cifar10_run_writes_samples_metrics_and_checkpoints(trained):
   cfg, workdir, state, warnings = trained
-  assert int(state.step) == 4
+  assert train.iteration(state) == 4
   # Two evaluations, one warning naming the conversion command.
   missing = [w for w in warnings if 'FID, IS and PRD are skipped' in w]
   assert len(missing) == 1 and 'python -m bibound_jax.metrics.inception_weights' in missing[0]
@@ -131,7 +132,7 @@ def test_resume_continues_from_the_saved_step(trained, data_dir):
   cfg.train.num_steps = 6
   with mock(data_dir):
     state = run.train_and_evaluate(cfg, workdir)
-  assert int(state.step) == 6
+  assert train.iteration(state) == 6
   # Iterations 5 and 6 only: the records of 2 and 4 are not written twice.
   assert _jsonl_steps(workdir) == [2, 4, 6]
   assert [h['step'] for h in _read(os.path.join(workdir, 'eval', 'history.json'))] == [2, 4, 6]
@@ -176,7 +177,7 @@ def test_mi_diff_run(data_dir, tmp_path):
   assert isinstance(assemble.networks(cfg).energy, dcgan.TimeDCGANEnergy)
   with mock(data_dir):
     state = run.train_and_evaluate(cfg, str(tmp_path / 'run'))
-  assert int(state.step) == 2 and state.mi_net is not None
+  assert train.iteration(state) == 2 and state.mi_net is not None
   with open(tmp_path / 'run' / 'metrics.jsonl') as f:
     record = json.loads(f.readline())
   assert np.isfinite(record['dsm']) and np.isfinite(record['mi/value'])
@@ -188,7 +189,7 @@ def test_data_stream_shape_sharding_and_seeding(data_dir, tmp_path):
   cfg = tiny_config(data_dir, tmp_path)
   cfg.optim.energy_steps = 2
   mesh = sharding.make_mesh()
-  stream = lambda start: images.batch_stream('cifar10', cfg.seed, start, 2, 8, mesh, data_dir)
+  stream = lambda start: images.batch_stream('cifar10', [cfg.seed], start, 2, 8, mesh, data_dir)
   with mock(data_dir):
     take = lambda start: [np.asarray(b) for b in map(stream(start), range(start, start + 3))]
     first, again, resumed = take(0), take(0), take(5)
@@ -196,7 +197,7 @@ def test_data_stream_shape_sharding_and_seeding(data_dir, tmp_path):
     x = batch_at(0)
     with pytest.raises(ValueError, match='consecutive'):
       batch_at(2)
-  assert x.shape == (2, 8, 32, 32, 3) and x.sharding == sharding.batch_sharding(mesh)
+  assert x.shape == (1, 2, 8, 32, 32, 3) and x.sharding == sharding.batch_sharding(mesh)
   assert all(-1.0 <= b.min() and b.max() <= 1.0 for b in first)
   for a, b in zip(first, again):
     np.testing.assert_array_equal(a, b)          # reproducible from (seed, start_step)

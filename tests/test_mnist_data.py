@@ -103,12 +103,16 @@ def test_stacked_channels_are_the_drawn_digits(train_digits):
 
 def test_training_batches_are_a_function_of_seed_and_step(train_digits):
   images, _ = train_digits
-  a, b = mnist.batch_fn(images, 1, 1, 32), mnist.batch_fn(images, 1, 1, 32)
+  a, b = mnist.batch_fn(images, [1], 1, 32), mnist.batch_fn(images, [1], 1, 32)
   x1 = np.asarray(a(10))
   a(11)   # Order of calls must not matter.
   np.testing.assert_array_equal(x1, np.asarray(b(10)))
   assert not np.array_equal(x1, np.asarray(a(11)))
-  assert not np.array_equal(x1, np.asarray(mnist.batch_fn(images, 2, 1, 32)(10)))
+  # Seed 1 of two seeds gets the batches of seed 1 alone.
+  both = np.asarray(mnist.batch_fn(images, [2, 1], 1, 32)(10))
+  assert both.shape == (2, 1, 32, 28, 28, 3)
+  np.testing.assert_array_equal(both[1], x1[0])
+  assert not np.array_equal(both[0], x1[0])
 
 
 def test_stacked_modes_cover_all_1000(train_digits):

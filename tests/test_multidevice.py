@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from bibound_jax import train
 from bibound_jax import assemble
 from experiments import checkpoints
 from experiments import run
@@ -34,19 +35,21 @@ def _run(args, devices, timeout=600):
 def _assert_close(a, b, atol=3e-4):
   """Equal up to float32 rounding amplified over a few steps. The reduction order differs with
   the device count, and the entropy gradient (through 1/s of small singular values of J) blows
-  such rounding up about tenfold per step at this initialisation: two steps keep it near
-  1e-4, while a real error (per-device
-  BatchNorm statistics, unaveraged gradients, repeated latents) moves parameters by O(lr) =
-  1e-2 in these configs."""
+  such rounding up 10-100x per step at this initialisation (multidevice_worker.py): two steps
+  keep it near 1e-4, while a real error (per-device BatchNorm statistics, unaveraged gradients,
+  repeated latents, mixed-up seeds) moves parameters by O(lr) = 1e-2 in these configs."""
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_allclose(a[k], b[k], rtol=1e-3, atol=atol, err_msg=k)
 
 
 def test_four_devices_give_the_parameters_of_one_device(tmp_path):
+  """One seed over 4 devices (data parallel), 2 seeds over 2 x 2 (with the SV vectors shared
+  between the updates) and 4 seeds one per device (the seeds mesh axis) give the parameters of
+  one device."""
   _run(['compare', str(tmp_path / 'p.npz')], devices=4)
   p = np.load(tmp_path / 'p.npz')
-  for suffix in ('', '_shared'):
+  for suffix in ('', '_2seeds_shared', '_4seeds'):
     four = {k.split('/', 1)[1]: p[k] for k in p if k.startswith(f'four{suffix}/')}
     one = {k.split('/', 1)[1]: p[k] for k in p if k.startswith(f'one{suffix}/')}
     assert len(four) > 5
@@ -58,17 +61,17 @@ def test_checkpoint_saved_on_four_devices_restores_on_one(tmp_path):
   saved = dict(np.load(tmp_path / 'p4.npz'))
   # This process has one device: the checkpoint restores exactly onto it ...
   cfg = worker.small_config(20)
-  _, template, _ = assemble.initial_state(cfg)
+  _, template, rng = assemble.abstract_state(cfg)
   manager = checkpoints.open_manager(str(tmp_path / 'w4'), read_only=True)
-  restored, _ = checkpoints.restore(manager, template, jax.random.key(0), config=cfg)
+  restored, _ = checkpoints.restore(manager, template, rng, config=cfg)
   manager.close()
-  assert int(restored.step) == 10 and len(jax.devices()) == 1
+  assert train.iteration(restored) == 10 and len(jax.devices()) == 1
   restored_params = worker.flat_params(restored)
   for k in saved:
     np.testing.assert_array_equal(restored_params[k], saved[k], err_msg=k)
   # ... and training continues from it.
   resumed = run.train_and_evaluate(cfg, str(tmp_path / 'w4'))
-  assert int(resumed.step) == 20
+  assert train.iteration(resumed) == 20
 
 
 def _free_port():
@@ -101,7 +104,7 @@ def test_global_batch_must_divide_over_devices():
   from bibound_jax import sharding
   mesh = sharding.make_mesh(jax.devices() * 1)
   assert sharding.per_device_batch(64, mesh) == 64 // len(jax.devices())
-  fake = type('M', (), {'devices': np.zeros(3)})()
-  with pytest.raises(ValueError, match=r'batch_size = 64 is the GLOBAL batch.*3 devices.*'
-                     r'--config.train.batch_size=63'):
+  fake = type('M', (), {'shape': {'data': 3}})()
+  with pytest.raises(ValueError, match=r'batch_size = 64 is the GLOBAL batch.*3 devices of '
+                     r"the mesh's data axis.*--config.train.batch_size=63"):
     sharding.per_device_batch(64, fake)

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from bibound_jax import train
 from bibound_jax import assemble
 from bibound_jax import config_lib
 from configs import common
@@ -25,6 +26,8 @@ def small_config(**train):
   cfg.train.log_every = 5
   cfg.train.eval_every = 1000
   cfg.train.checkpoint_every = 10
+  # One compiled step per run (a chunk of several is its own program, tested on its own).
+  cfg.train.steps_per_call = 1
   cfg.train.update(train)
   cfg.eval.num_samples = 500
   cfg.eval.grid_spacing = 0.05
@@ -109,12 +112,14 @@ def test_chunk_length_never_skips_an_event():
 
 
 def test_nonfinite_inside_a_chunk_names_its_iteration(tmp_path):
-  nan_at_12 = {'energy_real': np.array([0.1, np.nan, 0.3], np.float32),
-               'nonfinite': np.zeros(3, np.float32)}
-  buffer = [(1, {'energy_real': np.float32(0.0), 'nonfinite': np.float32(0.0)}), (3, nan_at_12)]
+  # One seed: metrics (seeds,) for one iteration, (seeds, n) for a chunk of n.
+  nan_at_12 = {'energy_real': np.array([[0.1, np.nan, 0.3]], np.float32),
+               'nonfinite': np.zeros((1, 3), np.float32)}
+  buffer = [(1, {'energy_real': np.zeros(1, np.float32), 'nonfinite': np.zeros(1, np.float32)}),
+            (3, nan_at_12)]
   manager = checkpoints.open_manager(str(tmp_path))
   with pytest.raises(run.NonFiniteError, match='iteration 12: energy_real'):
-    run.check_finite(buffer, 10, manager)
+    run.check_finite(buffer, 10, manager, [0])
   manager.close()
 
 
@@ -152,16 +157,16 @@ def test_checkpoint_restore_and_resume_match_an_uninterrupted_run(tmp_path):
   # The restored checkpoint equals the state the run ended with.
   manager = checkpoints.open_manager(str(tmp_path / 'a'), read_only=True)
   assert manager.all_steps() == [10, 20]
-  _, template, _ = assemble.initial_state(cfg)
-  restored, rng = checkpoints.restore(manager, template, jax.random.key(0))
-  assert int(restored.step) == 20
+  _, template, rng = assemble.abstract_state(cfg)
+  restored, rng = checkpoints.restore(manager, template, rng)
+  assert train.iteration(restored) == 20
   jax.tree.map(np.testing.assert_array_equal, _params(restored), saved)
   manager.close()
   # Continuing to 30 resumes from 20 and lands where a straight 30-step run lands.
   cfg30 = small_config(num_steps=30)
   resumed = run.train_and_evaluate(cfg30, str(tmp_path / 'a'))
   straight = run.train_and_evaluate(cfg30, str(tmp_path / 'b'))
-  assert int(resumed.step) == int(straight.step) == 30
+  assert train.iteration(resumed) == train.iteration(straight) == 30
   jax.tree.map(np.testing.assert_array_equal, _params(resumed), _params(straight))
   with open(tmp_path / 'a' / 'metrics.jsonl') as f:
     steps = [json.loads(line)['step'] for line in f]
@@ -179,11 +184,11 @@ def test_evaluation_writes_figures_json_and_arrays(tmp_path, preset):
                'metrics_10.json', 'toy_eval.npz'):
     assert (out / name).exists(), name
   arrays = np.load(out / 'toy_eval.npz')
-  assert arrays['samples'].shape == (500, 2)
+  assert arrays['samples'].shape == (1, 500, 2) and list(arrays['seeds']) == [0]
   grid = arrays['grid']
   assert grid.min() <= -2.0 and grid.max() >= 2.0
   assert np.isclose(np.diff(np.unique(grid[:, 0]))[0], 0.01, atol=1e-6)
-  assert arrays['energy'].shape == (grid.shape[0],)
+  assert arrays['energy'].shape == (1, grid.shape[0])
   with open(out / 'metrics_10.json') as f:
     m = json.load(f)
   # In 2-D the lower bound with the exact entropy is below the quadrature NLL.

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bibound_jax import train
 from bibound_jax import config_lib
 from bibound_jax.bounds import entropy
 from bibound_jax.data import mnist as mnist_data
@@ -55,7 +56,7 @@ def test_data_fn_is_a_pure_function_of_seed_and_step(tmp_path):
   cfg.optim.energy_steps = 2
   batch_at = tasks.get_task(cfg).batches(cfg, None, 0)
   a, b = np.asarray(batch_at(3)), np.asarray(batch_at(3))
-  assert a.shape == (2, 16, 28, 28, 3)
+  assert a.shape == (1, 2, 16, 28, 28, 3)
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, np.asarray(batch_at(4)))
   # Every pixel is a pixel of some real digit: the values are k / 127.5 - 1.
@@ -66,7 +67,7 @@ def test_short_run_evaluates_modes_and_the_standalone_command_agrees(tmp_path):
   workdir = str(tmp_path / 'run')
   cfg = tiny_config(tmp_path)
   state = run.train_and_evaluate(cfg, workdir)
-  assert int(state.step) == 4
+  assert train.iteration(state) == 4
   out = os.path.join(workdir, 'eval')
   for name in ('samples.png', 'samples_4.png', 'metrics_4.json', 'history.json', 'modes.png'):
     assert os.path.getsize(os.path.join(out, name)) > 0, name
@@ -82,7 +83,7 @@ def test_short_run_evaluates_modes_and_the_standalone_command_agrees(tmp_path):
     assert again[key] == pytest.approx(m[key], rel=1e-5), key
   # Resuming continues from the saved step.
   cfg.train.num_steps = 6
-  assert int(run.train_and_evaluate(cfg, workdir).step) == 6
+  assert train.iteration(run.train_and_evaluate(cfg, workdir)) == 6
 
 
 def test_evaluate_without_checkpoint_names_the_fix(tmp_path):

@@ -381,10 +381,17 @@ class SVBound(base.LowerBound):
     fn = gen.per_sample()
     variables = gen.jacobian_variables(inputs.params, z, self.jacobian.batch_norm)
     z_jac = self.jacobian.latents(z)
-    if inputs.carry is None:
+    if self.jacobian.exact_logdet:   # the value itself is differentiated (no vectors)
       est = self.jacobian.estimate(fn, variables, z_jac, inputs.key)
     else:
-      est = batched_reuse_vectors(fn, variables, z_jac, inputs.carry)
+      # Solve for the s_1 vectors outside the differentiated graph (or take the GP's), then
+      # differentiate d log ||J v|| with v fixed: one JVP per latent. Inside the gradient, a
+      # solve over chunks of latents (latent_chunk > 0, rematerialised in the backward pass)
+      # would run twice.
+      previous = inputs.carry
+      if previous is None:
+        previous = self.jacobian.estimate(fn, sg(variables), z_jac, inputs.key)
+      est = batched_reuse_vectors(fn, variables, z_jac, previous)
     log_vol = jnp.mean(est.value)
     return log_vol, {
         'entropy': gaussian_entropy(z.shape[-1]) + sg(log_vol),

@@ -303,18 +303,19 @@ class Prefetch:
     self._stop.set()
 
 
-def batch_stream(name: str, seed: int, start_step: int, energy_steps: int, batch_size: int,
+def batch_stream(name: str, seeds, start_step: int, energy_steps: int, batch_size: int,
                  mesh=None, data_dir: str | None = None, download: bool = False) -> Prefetch:
-  """batch_at(step) -> (energy_steps, B, H, W, 3) in `sharding.batch_sharding(mesh)` for
-  consecutive steps from `start_step`, from the training split of `name`.
+  """batch_at(step) -> (seeds, energy_steps, B, H, W, 3) in `sharding.batch_sharding(mesh)`
+  for consecutive steps from `start_step`, from the training split of `name`: one stream per
+  seed of `seeds`.
 
   Each process reads its own slice of the split with the per-process batch B / processes, and
   `sharding.global_batch` assembles the global array; a daemon thread keeps two batches on
-  device ahead of the loop. The stream is seeded by `data_seed(seed, start_step)`: a resumed
-  run draws a fresh, reproducible stream, but NOT the batches the interrupted run would have
-  drawn (a tf.data shuffle cannot be fast-forwarded cheaply)."""
+  device ahead of the loop. The stream of seed s is seeded by `data_seed(s, start_step)`: a
+  resumed run draws a fresh, reproducible stream, but NOT the batches the interrupted run would
+  have drawn (a tf.data shuffle cannot be fast-forwarded cheaply)."""
   spec = resolve(name)
-  mesh = sharding.make_mesh() if mesh is None else mesh
+  mesh = sharding.make_mesh(num_seeds=len(seeds)) if mesh is None else mesh
   processes = jax.process_count()
   if batch_size % processes:
     raise ValueError(f'config.train.batch_size = {batch_size} must divide by the {processes} '
@@ -322,12 +323,14 @@ def batch_stream(name: str, seed: int, start_step: int, energy_steps: int, batch
   local = batch_size // processes
   tf_cpu_only()
   # Built here, not in the thread, so a missing data set raises at once.
-  stream = build_dataset(name, spec.train_split, energy_steps * local, data_dir=data_dir,
-                         train=True, seed=data_seed(seed, start_step), download=download,
-                         process_index=jax.process_index(), process_count=processes)
+  streams = [build_dataset(name, spec.train_split, energy_steps * local, data_dir=data_dir,
+                           train=True, seed=data_seed(s, start_step), download=download,
+                           process_index=jax.process_index(), process_count=processes)
+             for s in seeds]
 
   def produce():
-    x = next(stream)['image'].reshape((energy_steps, local) + spec.shape)
+    x = np.stack([next(st)['image'].reshape((energy_steps, local) + spec.shape)
+                  for st in streams])
     return sharding.global_batch(x, mesh)
   return Prefetch(produce, start_step)
 

@@ -165,16 +165,18 @@ def stacked_batch(digits, key, batch_size: int):
   return x / 127.5 - 1.0, index
 
 
-def batch_fn(images: np.ndarray, seed: int, energy_steps: int, batch_size: int, mesh=None):
-  """batch_at(step) -> (energy_steps, B, 28, 28, 3): the training batch of iteration `step`,
-  a pure function of (seed, step), drawn on device in its batch sharding from the digits
-  `images` (uint8 (N, 28, 28), replicated once on the mesh)."""
-  mesh = sharding.make_mesh() if mesh is None else mesh
+def batch_fn(images: np.ndarray, seeds, energy_steps: int, batch_size: int, mesh=None):
+  """batch_at(step) -> (seeds, energy_steps, B, 28, 28, 3): the training batch of iteration
+  `step` for each seed of `seeds`, a pure function of (seed, step), drawn on device in its
+  batch sharding from the digits `images` (uint8 (N, 28, 28), replicated once on the mesh)."""
+  mesh = sharding.make_mesh(num_seeds=len(seeds)) if mesh is None else mesh
   digits = sharding.replicate(jnp.asarray(images, jnp.uint8), mesh)
-  data_key = jax.random.fold_in(jax.random.key(seed), 1)
+  data_keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in seeds])
 
   @functools.partial(jax.jit, out_shardings=sharding.batch_sharding(mesh))
   def batch_at_(digits, step):
-    x, _ = stacked_batch(digits, jax.random.fold_in(data_key, step), energy_steps * batch_size)
-    return x.reshape(energy_steps, batch_size, 28, 28, 3)
+    def one(data_key):
+      x, _ = stacked_batch(digits, jax.random.fold_in(data_key, step), energy_steps * batch_size)
+      return x.reshape(energy_steps, batch_size, 28, 28, 3)
+    return jax.vmap(one)(data_keys)
   return lambda step: batch_at_(digits, step)

@@ -261,17 +261,19 @@ def mass_outside_box(name: str, half_width: float) -> float:
   return float(np.sum(np.exp(log_w) * out_either))
 
 
-def batch_fn(name: str, seed: int, energy_steps: int, batch_size: int, mesh=None):
-  """batch_at(step) -> (energy_steps, B, 2): the training batch of iteration `step`, a pure
-  function of (seed, step), jit-compiled and produced directly in its batch sharding (each
-  device generates its own slice), so a resumed run sees exactly the batches of an
-  uninterrupted one."""
+def batch_fn(name: str, seeds, energy_steps: int, batch_size: int, mesh=None):
+  """batch_at(step) -> (seeds, energy_steps, B, 2): the training batch of iteration `step` for
+  each seed of `seeds`, a pure function of (seed, step), jit-compiled and produced directly in
+  its batch sharding (each device generates its own slice), so a resumed run sees exactly the
+  batches of an uninterrupted one and seed s of several gets the batches of seed s alone."""
   _check_name(name)
-  data_key = jax.random.fold_in(jax.random.key(seed), 1)
-  mesh = sharding.make_mesh() if mesh is None else mesh
+  data_keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in seeds])
+  mesh = sharding.make_mesh(num_seeds=len(seeds)) if mesh is None else mesh
 
   @functools.partial(jax.jit, out_shardings=sharding.batch_sharding(mesh))
   def batch_at(step):
-    key = jax.random.fold_in(data_key, step)
-    return sample(name, key, energy_steps * batch_size).reshape(energy_steps, batch_size, -1)
+    def one(data_key):
+      x = sample(name, jax.random.fold_in(data_key, step), energy_steps * batch_size)
+      return x.reshape(energy_steps, batch_size, -1)
+    return jax.vmap(one)(data_keys)
   return batch_at

@@ -1,0 +1,87 @@
+"""Where a short run's wall time goes: start-up, compilation, training, evaluation; cold and warm.
+
+    python -m benchmarks.startup                       # toy (2,000 iterations), StackedMNIST :cpu
+    python -m benchmarks.startup --runs=toy --repeats=3
+
+Each measurement runs `python -m experiments.main` as a new process in a fresh workdir, as a
+user would, and reads the loop's `timings.json`: start-up (process launch to the first
+compiled call: imports, config, networks, data), the first call (compilation and one call of
+`train.steps_per_call` iterations), the remaining training, the evaluations (the final one
+included) and the whole process. "cold" starts with an empty compilation cache
+(`--compilation_cache`), "warm" reruns with the cache the cold run filled. Prints the median
+over `--repeats` of each.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from absl import app
+from absl import flags
+
+flags.DEFINE_list('runs', ['toy', 'stackedmnist'], 'Which short runs: toy, stackedmnist.')
+flags.DEFINE_integer('repeats', 1, 'Cold/warm pairs per run (medians printed).')
+flags.DEFINE_integer('toy_steps', 2000, 'Toy iterations.')
+flags.DEFINE_integer('stackedmnist_steps', 200, 'StackedMNIST :cpu iterations.')
+FLAGS = flags.FLAGS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def command(run: str, workdir: str, cache: str) -> list[str]:
+  common = [sys.executable, '-m', 'experiments.main', f'--workdir={workdir}',
+            f'--compilation_cache={cache}']
+  if run == 'toy':
+    return common + ['--config=configs/toy.py', f'--config.train.num_steps={FLAGS.toy_steps}']
+  steps = FLAGS.stackedmnist_steps
+  return common + ['--config=configs/stackedmnist.py:cpu', f'--config.train.num_steps={steps}',
+                   '--config.eval.num_samples=2000',
+                   f'--config.eval.classifier_path={os.path.join(cache, "classifier.msgpack")}']
+
+
+def measure(run: str, cache: str) -> dict:
+  with tempfile.TemporaryDirectory() as workdir:
+    launched = time.time()
+    proc = subprocess.run(command(run, workdir, cache), cwd=REPO, capture_output=True,
+                          text=True)
+    ended = time.time()
+    if proc.returncode:
+      raise RuntimeError(f'{run} failed:\n{proc.stderr[-3000:]}')
+    with open(os.path.join(workdir, 'timings.json')) as f:
+      t = json.load(f)
+  evaluations = sum(t['evaluations_s'])
+  return {
+      'start-up': t['first_call_start'] - launched,
+      'first call (compile + run)': t['first_call_end'] - t['first_call_start'],
+      'training (rest)': t['end'] - t['first_call_end'] - evaluations,
+      'evaluations': evaluations,
+      'whole process': ended - launched,
+  }
+
+
+def main(argv):
+  del argv
+  rows = {}
+  for run in FLAGS.runs:
+    for _ in range(FLAGS.repeats):
+      with tempfile.TemporaryDirectory() as cache:
+        for phase in ('cold', 'warm'):
+          rows.setdefault((run, phase), []).append(measure(run, cache))
+          print(f'{run} {phase}: {rows[(run, phase)][-1]}', file=sys.stderr, flush=True)
+  keys = list(next(iter(rows.values()))[0])
+  print(f'\nSeconds, median of {FLAGS.repeats}; toy {FLAGS.toy_steps} iterations, StackedMNIST '
+        f':cpu {FLAGS.stackedmnist_steps} iterations with a 2,000-sample evaluation\n')
+  print('| run | cache | ' + ' | '.join(keys) + ' |')
+  print('|' + ' --- |' * (len(keys) + 2))
+  for (run, phase), values in rows.items():
+    cells = [f'{np.median([v[k] for v in values]):.1f}' for k in keys]
+    print(f'| {run} | {phase} | ' + ' | '.join(cells) + ' |')
+
+
+if __name__ == '__main__':
+  app.run(main)
