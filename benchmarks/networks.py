@@ -6,7 +6,10 @@ import importlib
 
 # network set -> (config module, config argument, description)
 NETWORKS = {
-    'toy': ('toy', '', 'toy networks (E 2-100-100-1, G 2-100-100-2, batch 200)'),
+    'toy': ('toy', 'authors', "the authors' toy networks (E 2-100-100-1, G 2-100-100-2 with "
+            'BatchNorm, batch 200)'),
+    'toy_flow': ('toy', '', 'the default toy networks (E 2-100-100-1, G a 2-layer spline '
+                 'coupling flow, batch 200)'),
     'fc': ('stackedmnist', '', 'StackedMNIST FC (E 2352-2000-1000-500-250-250-1, '
            'G 32-500-1000-2000-2352, batch 64)'),
     'fc_cpu': ('stackedmnist', 'cpu', 'StackedMNIST FC, CPU variant (E 2352-1000-500-250-250-1, '

@@ -24,7 +24,9 @@ import numpy as np
 from absl import app
 from absl import flags
 
-flags.DEFINE_list('runs', ['toy', 'stackedmnist'], 'Which short runs: toy, stackedmnist.')
+flags.DEFINE_list('runs', ['toy', 'stackedmnist'],
+                  "Which short runs: toy (the default toy), toy_authors (the authors' "
+                  'networks), stackedmnist.')
 flags.DEFINE_integer('repeats', 1, 'Cold/warm pairs per run (medians printed).')
 flags.DEFINE_integer('toy_steps', 2000, 'Toy iterations.')
 flags.DEFINE_integer('stackedmnist_steps', 200, 'StackedMNIST :cpu iterations.')
@@ -36,8 +38,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def command(run: str, workdir: str, cache: str) -> list[str]:
   common = [sys.executable, '-m', 'experiments.main', f'--workdir={workdir}',
             f'--compilation_cache={cache}']
-  if run == 'toy':
-    return common + ['--config=configs/toy.py', f'--config.train.num_steps={FLAGS.toy_steps}']
+  if run in ('toy', 'toy_authors'):
+    arg = ':authors' if run == 'toy_authors' else ''
+    return common + [f'--config=configs/toy.py{arg}',
+                     f'--config.train.num_steps={FLAGS.toy_steps}',
+                     f'--config.train.eval_every={FLAGS.toy_steps}']
   steps = FLAGS.stackedmnist_steps
   return common + ['--config=configs/stackedmnist.py:cpu', f'--config.train.num_steps={steps}',
                    '--config.eval.num_samples=2000',

@@ -1,8 +1,10 @@
 """Steady-state time per training iteration of every bound pairing, as ratios to wgan_gp.
 
-    python -m benchmarks.step_time                       # toy networks (2-100-100, batch 200)
+    python -m benchmarks.step_time                       # the authors' toy networks
     python -m benchmarks.step_time --networks=toy,fc,dcgan32 --iters=5
     python -m benchmarks.step_time --num_seeds=1,2,4,8,16 --pairings='sv+gp exact_smin'
+      toy      the authors' toy pair (configs/toy.py:authors: MLPs 2-100-100, batch 200)
+      toy_flow the default toy pair (configs/toy.py: MLP energy, spline coupling flow G)
       fc       StackedMNIST FC pair (configs/stackedmnist.py, d = 32, batch 64)
       fc_cpu   its CPU-sized variant (configs/stackedmnist.py:cpu)
       dcgan28  StackedMNIST DCGAN-style pair (configs/stackedmnist.py:cnn)
@@ -36,7 +38,8 @@ from bibound_jax import train
 
 flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds.')
 flags.DEFINE_integer('iters', 100, 'Iterations per pairing per round.')
-flags.DEFINE_list('networks', ['toy'], 'Network sets to time: toy, fc, fc_cpu, dcgan28, dcgan32.')
+flags.DEFINE_list('networks', ['toy'],
+                  'Network sets to time: toy, toy_flow, fc, fc_cpu, dcgan28, dcgan32.')
 flags.DEFINE_string('pairings', '', 'Only these pairing labels, separated by ";" (default: '
                     'all; wgan_gp always runs).')
 flags.DEFINE_list('num_seeds', ['1'], 'Seed counts (train.num_seeds) to time, e.g. 1,4,8,16; '
@@ -90,6 +93,10 @@ def make_runner(network, preset, overrides, num_seeds=1):
   rng = jax.random.split(jax.random.key(2), num_seeds)
   t = time.perf_counter()
   holder = {'state': jax.block_until_ready(step(state, batch, rng)[0])}
+  # XLA's own count of the compiled call's floating-point operations, per iteration.
+  cost = step.lower(holder['state'], batch, rng).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float((cost or {}).get('flops', float('nan'))) / k
   print(f'  {network} {preset} {overrides}, {num_seeds} seed(s): compiled and ran once in '
         f'{time.perf_counter() - t:.1f} s', file=sys.stderr, flush=True)
 
@@ -102,7 +109,22 @@ def make_runner(network, preset, overrides, num_seeds=1):
     assert step._cache_size() == 1, f'{preset} {overrides}: the step compiled again'
   if FLAGS.warmup > 0:
     run(FLAGS.warmup)
-  return run, k
+  return run, k, flops
+
+
+def matmul_gflops(batch: int, width: int, reps: int = 200) -> float:
+  """This core's throughput on the toy's typical kernel, a (batch x width) @ (width x width)
+  product chained `reps` times in one compiled call: the ceiling for a step made of them."""
+  a = jax.random.normal(jax.random.key(0), (batch, width))
+  w = jax.random.normal(jax.random.key(1), (width, width)) / width ** 0.5
+  f = jax.jit(lambda a: jax.lax.fori_loop(0, reps, lambda _, h: jax.numpy.tanh(h @ w), a))
+  jax.block_until_ready(f(a))
+  ts = []
+  for _ in range(5):
+    t = time.perf_counter()
+    jax.block_until_ready(f(a))
+    ts.append(time.perf_counter() - t)
+  return 2 * batch * width * width * reps / float(np.median(ts)) / 1e9
 
 
 def machine() -> str:
@@ -129,9 +151,9 @@ def time_network(network: str) -> None:
   pairings = [p for p in PAIRINGS if p[0] == 'wgan_gp' or not wanted or p[0] in wanted]
   runners = [((label, n), *make_runner(network, preset, ov, n))
              for label, preset, ov in pairings for n in seed_counts]
-  times = {key: [] for key, _, _ in runners}
+  times = {key: [] for key, _, _, _ in runners}
   for _ in range(FLAGS.rounds):
-    for key, run, k in runners:
+    for key, run, k, _ in runners:
       iters = max(k, FLAGS.iters - FLAGS.iters % k)
       t = time.perf_counter()
       run(iters)
@@ -139,19 +161,25 @@ def time_network(network: str) -> None:
       print(f'  round {len(times[key])}: {key[0]}, {key[1]} seed(s): '
             f'{1e3 * times[key][-1]:.2f} ms', file=sys.stderr, flush=True)
   med = {k: float(np.median(v)) for k, v in times.items()}
-  per_call = sorted({k for _, _, k in runners})
+  per_call = sorted({k for _, _, k, _ in runners})
   print(f'\n{NETWORKS[network][2]}, {jax.device_count()} x {jax.devices()[0].device_kind} '
         f'({machine()}), median of {FLAGS.rounds} rounds of {FLAGS.iters} iterations, '
         f'{"/".join(map(str, per_call))} per compiled call'
         + (f', latent_chunk {FLAGS.latent_chunk}' if FLAGS.latent_chunk >= 0 else '') + '\n')
   print('| pairing | seeds | ms / iteration | ms / seed-iteration | per seed, ratio to 1 seed '
-        '| ratio to wgan_gp |')
-  print('| --- | --- | --- | --- | --- | --- |')
-  for (label, n), _, _ in runners:
+        '| ratio to wgan_gp | MFLOP / iteration | GFLOP/s |')
+  print('| --- | --- | --- | --- | --- | --- | --- | --- |')
+  for (label, n), _, _, flops in runners:
     t = med[(label, n)]
     one = med[(label, seed_counts[0])] / seed_counts[0]
     print(f'| {label} | {n} | {1e3 * t:.3f} | {1e3 * t / n:.3f} | {t / n / one:.2f} | '
-          f"{t / med[('wgan_gp', n)]:.2f} |", flush=True)
+          f"{t / med[('wgan_gp', n)]:.2f} | {flops / 1e6:.1f} | {flops / t / 1e9:.1f} |",
+          flush=True)
+  if network == 'toy':
+    # A step whose GFLOP/s is near this ceiling is bound by arithmetic, not by per-kernel
+    # overhead: running more seeds per call cannot make a seed cheaper.
+    print(f'\nmatmul ceiling (200 x 100 @ 100 x 100, chained): {matmul_gflops(200, 100):.1f} '
+          'GFLOP/s', flush=True)
 
 
 def main(argv):

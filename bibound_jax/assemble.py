@@ -24,16 +24,11 @@ def seeds(config) -> list[int]:
 
 def _stacked(config, nets):
   """(state, rng): for seed s = config.seed + k, entry k of every leaf is that of the run with
-  seed s alone (split(key(s)) -> init key, run key)."""
-  states, rngs = [], []
-  for seed in seeds(config):
-    init_key, rng = jax.random.split(jax.random.key(seed))
-    states.append(train.create_state(config, nets, init_key))
-    rngs.append(rng)
-  # The seeds' TrainStates differ only in their arrays (each holds its own optimiser object).
-  treedef = jax.tree.structure(states[0])
-  leaves = [jnp.stack(ls) for ls in zip(*(jax.tree.leaves(s) for s in states))]
-  return jax.tree.unflatten(treedef, leaves), jnp.stack(rngs)
+  seed s alone (split(key(s)) -> init key, run key). One compiled program initialises every
+  seed (vmapped over the init keys); run op by op, the networks' init took seconds of start-up."""
+  keys = jnp.stack([jax.random.split(jax.random.key(s)) for s in seeds(config)])
+  init = jax.jit(jax.vmap(lambda key: train.create_state(config, nets, key)))
+  return init(keys[:, 0]), keys[:, 1]
 
 
 def initial_state(config, mesh=None):

@@ -58,6 +58,7 @@ def validate_config(config, datasets: Iterable[str], extra_positive: Iterable[st
   the toy's eval.grid_spacing) that must be numbers > 0."""
   choice(config, 'data.name', datasets)
   choice(config, 'train.nonfinite', ('stop', 'skip'))
+  choice(config, 'optim.lr_schedule', ('constant', 'cosine'))
   bounds.validate(config)
   choice(config, 'model.energy.name', models.ENERGIES)
   choice(config, 'model.generator.name', models.GENERATORS)
@@ -71,6 +72,10 @@ def validate_config(config, datasets: Iterable[str], extra_positive: Iterable[st
            allow_zero=True)
   if not (0 <= config.optim.b1 < 1 and 0 <= config.optim.b2 < 1):
     raise ConfigError('config.optim.b1 and config.optim.b2 must lie in [0, 1).')
+  positive(config, 'optim.lr_final_fraction')
+  if config.optim.lr_final_fraction > 1:
+    raise ConfigError(f'config.optim.lr_final_fraction = {config.optim.lr_final_fraction}; the '
+                      'cosine schedule decays to this fraction of the learning rate: use (0, 1].')
   try:   # the networks' own keys, and a time-conditioned energy where a bound needs one
     assemble.networks(config)
   except ValueError as e:

@@ -52,8 +52,14 @@ class BiboundState:
   mi_net: TrainState | None = None
 
 
-def make_optimizer(optim_config, learning_rate: float) -> optax.GradientTransformation:
-  """Adam(b1, b2, eps) at `learning_rate`, after global-norm clipping when grad_clip > 0."""
+def make_optimizer(optim_config, learning_rate: float,
+                   num_updates: int) -> optax.GradientTransformation:
+  """Adam(b1, b2, eps) after global-norm clipping when grad_clip > 0, at `learning_rate`, or
+  with lr_schedule 'cosine' at lr * (f + (1 - f) (1 + cos(pi u / U)) / 2) for update u of
+  U = `num_updates` (f = lr_final_fraction)."""
+  if optim_config.lr_schedule == 'cosine':
+    learning_rate = optax.cosine_decay_schedule(learning_rate, max(1, int(num_updates)),
+                                                alpha=optim_config.lr_final_fraction)
   tx = optax.adam(learning_rate, b1=optim_config.b1, b2=optim_config.b2, eps=optim_config.eps)
   if optim_config.grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(optim_config.grad_clip), tx)
@@ -67,11 +73,12 @@ def create_state(config, networks, key: jax.Array) -> BiboundState:
   x0 = jnp.zeros((2,) + tuple(config.data.shape), jnp.float32)
   z0 = jnp.zeros((2, networks.generator.latent_dim), jnp.float32)
 
-  def new(module, variables, lr):
-    return TrainState.create(apply_fn=module.apply, params=variables['params'],
-                             tx=make_optimizer(config.optim, lr),
+  def new(module, variables, lr, updates_per_step=1):
+    tx = make_optimizer(config.optim, lr, updates_per_step * config.train.num_steps)
+    return TrainState.create(apply_fn=module.apply, params=variables['params'], tx=tx,
                              batch_stats=variables.get('batch_stats'))
-  energy = new(networks.energy, networks.energy.init(k_e, x0), config.optim.lr_energy)
+  energy = new(networks.energy, networks.energy.init(k_e, x0), config.optim.lr_energy,
+               config.optim.energy_steps)
   generator = new(networks.generator, networks.generator.init(k_g, z0, train=False),
                   config.optim.lr_generator)
   mi_net = None

@@ -43,6 +43,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.optim.eps = 1e-6
   config.optim.grad_clip = 0.0           # global-norm clipping (0: none)
   config.optim.energy_steps = 1          # energy updates per generator update
+  # 'constant', or 'cosine': each learning rate decays from its value to lr_final_fraction of
+  # it over train.num_steps iterations (half a cosine period; train.make_optimizer).
+  config.optim.lr_schedule = 'constant'
+  config.optim.lr_final_fraction = 0.02
 
   config.train = ml_collections.ConfigDict()
   # Seeds trained at once, config.seed + k for k < num_seeds: one compiled step runs them all

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def small_config(num_steps):
   from configs import toy
-  cfg = toy.get_config()
+  cfg = toy.get_config('authors')
   cfg.train.batch_size = 64
   cfg.train.num_steps = num_steps
   cfg.train.log_every = 5

@@ -31,7 +31,7 @@ class EnergyL2(base.UpperBound):
 
 def test_a_new_bound_is_one_class_and_one_registry_entry(monkeypatch):
   monkeypatch.setitem(bounds.UPPER, EnergyL2.name, EnergyL2)
-  cfg = toy.get_config()
+  cfg = toy.get_config('authors')
   assert cfg.bounds.energy_l2.weight == 0.1            # its section, from its defaults
   cfg.bounds.upper = 'energy_l2'
   cfg.train.batch_size = 32
@@ -52,7 +52,7 @@ def test_a_new_bound_is_one_class_and_one_registry_entry(monkeypatch):
 def test_names_come_from_the_registry():
   assert tuple(bounds.LOWER) == ('sv', 'mi', 'none')
   assert tuple(bounds.UPPER) == ('gp', 'diff', 'none', 'r1', 'wgan_gp')
-  cfg = toy.get_config()
+  cfg = toy.get_config('authors')
   cfg.bounds.lower = 'svd'
   with pytest.raises(config_checks.ConfigError, match="bounds.lower = 'svd'.*sv, mi, none"):
     bounds.validate(cfg)
@@ -61,14 +61,14 @@ def test_names_come_from_the_registry():
 def test_only_the_chosen_bounds_sections_are_checked():
   """A bad value in an unused bound's section does not stop a run; in a used one it does.
   The GP uses the SV settings for its score, so it checks them too."""
-  cfg = toy.get_config('wgan_gp')
+  cfg = toy.get_config('authors,wgan_gp')
   cfg.bounds.mi.sigma = -1.0
   cfg.bounds.sv.estimator = 'power'
   bounds.validate(cfg)
   cfg.bounds.lower = 'mi'
   with pytest.raises(config_checks.ConfigError, match='bounds.mi.sigma = -1.0'):
     bounds.validate(cfg)
-  cfg = toy.get_config('mi+diff')
+  cfg = toy.get_config('authors,mi+diff')
   cfg.bounds.upper = 'gp'
   cfg.bounds.sv.estimator = 'power'
   with pytest.raises(config_checks.ConfigError, match='bounds.sv.estimator'):
@@ -76,10 +76,10 @@ def test_only_the_chosen_bounds_sections_are_checked():
 
 
 def test_network_options_ask_for_what_each_bound_needs():
-  assert bounds.network_options(toy.get_config('sv+gp')) == {}
-  opts = bounds.network_options(toy.get_config('mi+diff'))
+  assert bounds.network_options(toy.get_config('authors,sv+gp')) == {}
+  opts = bounds.network_options(toy.get_config('authors,mi+diff'))
   assert opts['time_conditioned'] and opts['mi_net'] == {'kind': 'ba', 'hidden': (100, 100)}
   assert opts['output_noise'] is None
-  cfg = toy.get_config('mi+diff')
+  cfg = toy.get_config('authors,mi+diff')
   cfg.bounds.mi.learn_sigma = True
   assert bounds.network_options(cfg)['output_noise'] == (0.05, 0.01)

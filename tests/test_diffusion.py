@@ -244,7 +244,7 @@ def test_spectrally_normalised_time_mlp_bounds_its_slope_at_every_t():
 def test_toy_time_energy_keeps_the_toy_spectral_norm():
   from bibound_jax import assemble
   from configs import toy
-  cfg = toy.get_config('mi+diff')
+  cfg = toy.get_config('authors,mi+diff')
   energy = assemble.networks(cfg).energy
   assert isinstance(energy, TimeMLPEnergy) and energy.spectral_norm
   # Smooth in t (E(., 0) tied to E(., t_min), which DSM sees) and the bound's own weight.

@@ -21,7 +21,7 @@ def test_batch_statistics_are_those_batchnorm_normalises_with():
   """Per-sample outputs with the directly read statistics equal the training-mode batch
   outputs, and the statistics equal the mean and variance of each BatchNorm's input; the
   running average they feed is the one BatchNorm itself writes."""
-  g = _generator(toy.get_config())
+  g = _generator(toy.get_config('authors'))
   z = jax.random.normal(jax.random.key(1), (200, 2))
   stats = generator_lib.batch_statistics(g.apply_fn, g.params, g.batch_stats, z)
   x_batch, new = generator_lib.generate(g, z, train=True)
@@ -64,7 +64,7 @@ def test_jacobian_generator_uses_the_batch_statistics_and_is_scale_invariant():
   kernel and bias before a BatchNorm (which changes no sample) leaves the log-volume
   unchanged (up to BatchNorm's epsilon, 1e-5 next to the variance). With the running
   statistics it rises by about d log c: the entropy gradient would inflate the weights."""
-  g = _generator(toy.get_config())
+  g = _generator(toy.get_config('authors'))
   z = jax.random.normal(jax.random.key(1), (200, 2))
 
   def log_volume(params, fn_of):
@@ -84,7 +84,7 @@ def test_jacobian_variables_computed_once_give_the_same_values_and_gradients():
   """A loss computes the batch statistics once (`Generator.jacobian_variables`) and passes
   them to every Jacobian term; the value and the parameter gradient (which flows through the
   statistics) must equal those of recomputing them inside each per-sample call."""
-  g = _generator(toy.get_config())
+  g = _generator(toy.get_config('authors'))
   gen = generator_lib.Generator(g)
   z = jax.random.normal(jax.random.key(1), (64, 2))
   key = jax.random.key(2)

@@ -46,7 +46,10 @@ def test_generator_shapes_and_batchnorm_modes():
 
 def test_gp_weight_schedules():
   np.testing.assert_allclose(gradient_penalty.gp_weight(10, 1e-3), 1e-3)
-  w0 = float(gradient_penalty.gp_weight(0, 0.0, 'decay'))
-  w_end = float(gradient_penalty.gp_weight(150_000, 0.0, 'decay'))
+  w0 = float(gradient_penalty.gp_weight(0, 0.7, 'decay'))
+  w_end = float(gradient_penalty.gp_weight(150_000, 0.7, 'decay'))
   np.testing.assert_allclose(w0, 0.7 * 2307**-0.55, rtol=1e-6)
   assert 9e-4 < w_end < 1.1e-3 and w0 > 5 * w_end
+  # The configured weight scales the decaying schedule (a config override must take effect).
+  np.testing.assert_allclose(gradient_penalty.gp_weight(500, 1.4, 'decay'),
+                             2 * gradient_penalty.gp_weight(500, 0.7, 'decay'), rtol=1e-6)

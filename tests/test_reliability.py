@@ -24,7 +24,7 @@ FAST_EVAL = ['--config.eval.num_samples=500', '--config.eval.grid_spacing=0.05',
 
 def _start(workdir, *overrides):
   return subprocess.Popen(
-      [sys.executable, '-m', 'experiments.main', '--config=configs/toy.py',
+      [sys.executable, '-m', 'experiments.main', '--config=configs/toy.py:authors',
        f'--workdir={workdir}', *FAST_EVAL, *overrides],
       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

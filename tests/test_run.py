@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small_config(**train):
-  cfg = toy.get_config()
+  cfg = toy.get_config('authors')
   cfg.train.batch_size = 64
   cfg.train.num_steps = 20
   cfg.train.log_every = 5
@@ -68,11 +68,11 @@ def test_command_line_errors_name_the_key():
     ('train.batch_size', -4, r'config.train.batch_size = -4.*> 0'),
     ('bounds.gp.margin', -1.0, r'config.bounds.gp.margin.*>= 0'),
     ('bounds.sv.num_latents', 7, r'config.bounds.sv.num_latents = 7 must be 0 .* divisor'),
-    ('model.energy.depth', 3, r'config.model.energy has key\(s\) depth .* its keys: freq_dim, hidden'),
-    ('model.generator.name', 'vit', r'config.model.generator.name .* mlp, dcgan, resnet'),
+    ('model.energy.depth', 3, r'config.model.energy has key\(s\) depth .* its keys: confine, confine_radius, freq_dim, hidden'),
+    ('model.generator.name', 'vit', r'config.model.generator.name .* mlp, flow, dcgan, resnet'),
 ])
 def test_bad_config_values_are_rejected_with_the_key(key, value, match):
-  cfg = toy.get_config()
+  cfg = toy.get_config('authors')
   *path, name = key.split('.')
   node = cfg
   for part in path:
@@ -85,6 +85,9 @@ def test_bad_config_values_are_rejected_with_the_key(key, value, match):
 def test_toy_config_argument_presets():
   cfg = toy.get_config('swiss_roll,r1')
   assert cfg.data.name == 'swiss_roll' and (cfg.bounds.lower, cfg.bounds.upper) == ('sv', 'r1')
+  # The flow's splines and the energy's confinement follow the data set's extent.
+  assert cfg.model.generator.bound == 4.0 and cfg.model.energy.confine_radius == 4.0
+  assert toy.get_config().model.generator.bound == 3.0
   assert toy.get_config('wgan_gp').bounds.lower == 'none'
   with pytest.raises(ValueError, match='bound presets: sv\\+gp, mi\\+diff, none, r1, wgan_gp'):
     toy.get_config('sv+diffusion')
@@ -103,7 +106,7 @@ def _params(state):
 
 
 def test_chunk_length_never_skips_an_event():
-  cfg = toy.get_config()    # log 500, evaluate and checkpoint 10k, 150k iterations, chunks of 10
+  cfg = toy.get_config('authors')   # log 500, evaluate, checkpoint 10k, 150k its, chunks of 10
   assert cfg.train.steps_per_call == 10
   assert run.chunk_length(0, cfg) == 10 and run.chunk_length(490, cfg) == 10
   assert run.chunk_length(495, cfg) == 1 and run.chunk_length(149_995, cfg) == 1
@@ -173,6 +176,25 @@ def test_checkpoint_restore_and_resume_match_an_uninterrupted_run(tmp_path):
   assert steps == [5, 10, 15, 20, 25, 30]
 
 
+@pytest.mark.parametrize('variant', ['', 'authors'])
+def test_the_flow_never_folds_and_keeps_the_lower_bound_the_mlp_folds(tmp_path, variant):
+  """200 iterations of the default toy (spline flow G, exact log-determinant) and of the
+  authors' BatchNorm MLP: the flow has no latent with det J < 0 and its L_lo stays below the
+  NLL; the MLP folds the plane from the start (docs/bounds.md, "The injectivity assumption")."""
+  cfg = toy.get_config(variant)
+  cfg.train.update(batch_size=64, num_steps=200, eval_every=200, checkpoint_every=200)
+  cfg.eval.update(num_samples=2000, gp_samples=500)
+  run.train_and_evaluate(cfg, str(tmp_path))
+  with open(tmp_path / 'eval' / 'metrics_200.json') as f:
+    m = json.load(f)
+  if variant == 'authors':
+    assert m['folded_fraction'] > 0.1
+  else:
+    assert m['folded_fraction'] == 0.0
+    assert m['lower_bound'] <= m['nll'] + 1e-3 and m['lower_bound_fails'] == 0.0
+    assert m['entropy_estimator'] == pytest.approx(m['entropy_exact'])
+
+
 @pytest.mark.parametrize('preset', ['sv+gp', 'mi+diff'])
 def test_evaluation_writes_figures_json_and_arrays(tmp_path, preset):
   cfg = small_config(num_steps=10)
@@ -195,3 +217,23 @@ def test_evaluation_writes_figures_json_and_arrays(tmp_path, preset):
   assert m['lower_bound'] <= m['nll'] + 1e-3
   assert 0 <= m['modes_covered'] <= 25 and 0.0 <= m['hq_fraction'] <= 1.0
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path))
+
+
+def test_tensorboard_files_are_written_without_tensorflow_and_read_back(tmp_path):
+  code = ('import sys; from experiments import writers; '
+          f'w = writers.TensorBoardWriter({str(tmp_path)!r}); '
+          "w.write_scalars(7, {'loss': 1.5, 'seed_0/nll': -2.25}); "
+          "w.write_hparams({'seed': 3}); w.close(); "
+          "print('tensorflow' in sys.modules)")
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert out.stdout.strip() == 'False', out.stdout + out.stderr
+  from tensorboard.backend.event_processing import event_file_loader
+  (name,) = [f for f in os.listdir(tmp_path) if f.startswith('events.out.tfevents')]
+  events = list(event_file_loader.LegacyEventFileLoader(str(tmp_path / name)).Load())
+  scalars = {(e.step, v.tag): v.simple_value for e in events for v in e.summary.value
+             if v.HasField('simple_value')}
+  assert scalars == {(7, 'loss'): 1.5, (7, 'seed_0/nll'): -2.25}
+  texts = [v.tensor.string_val[0].decode() for e in events for v in e.summary.value
+           if v.HasField('tensor')]
+  assert texts and '| seed | 3 |' in texts[0]

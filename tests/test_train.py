@@ -16,7 +16,7 @@ from configs import toy
 def _setup(arg=None, **sections):
   """The toy config (batch 32) with config.bounds.<section> updates, and its initial state
   replicated on the device mesh, as the run loop places it."""
-  cfg = toy.get_config(arg)
+  cfg = toy.get_config(','.join(a for a in ('authors', arg) if a))
   cfg.train.batch_size = 32
   for name, values in sections.items():
     if isinstance(values, dict):
@@ -136,8 +136,8 @@ def test_diffusion_builds_a_time_conditioned_energy_or_says_why_not():
   has no time-conditioned variant, which validation names."""
   from bibound_jax.models.time_energy import TimeMLPEnergy
   from configs import stackedmnist
-  assert isinstance(assemble.networks(toy.get_config('mi+diff')).energy, TimeMLPEnergy)
-  assert not isinstance(assemble.networks(toy.get_config('sv+gp')).energy, TimeMLPEnergy)
+  assert isinstance(assemble.networks(toy.get_config('authors,mi+diff')).energy, TimeMLPEnergy)
+  assert not isinstance(assemble.networks(toy.get_config('authors,sv+gp')).energy, TimeMLPEnergy)
   cfg = stackedmnist.get_config('cnn,mi+diff')
   with pytest.raises(config_lib.ConfigError, match="no time-conditioned 'dcgan' energy"):
     config_lib.validate_config(cfg, ('stackedmnist',))
@@ -273,7 +273,7 @@ def test_latent_chunk_gives_the_same_step(estimator):
 def test_latent_chunk_must_be_non_negative():
   with pytest.raises(ValueError, match='latent chunk must be >= 0'):
     entropy.map_latents(lambda z: z, (jnp.zeros((4, 2)),), -1)
-  cfg = toy.get_config('sv+gp')
+  cfg = toy.get_config('authors,sv+gp')
   cfg.bounds.sv.latent_chunk = -2
   with pytest.raises(config_lib.ConfigError, match='latent_chunk = -2; it must be a number >= 0'):
     config_lib.validate_config(cfg, ('25gaussians',))

@@ -64,17 +64,17 @@ def gp_upper_term(gp: Array, weight, margin: float) -> Array:
   return jax.nn.relu(weight * gp - margin)
 
 
-def gp_weight(step, weight: float, schedule: str = 'constant', decay=(0.7, 2307.0, 0.55)):
-  """The GP weight w at iteration `step`.
+def gp_weight(step, weight: float, schedule: str = 'constant', decay=(2307.0, 0.55)):
+  """The GP weight w_t at iteration `step` from the configured `weight` a.
 
-  'constant': w.   'decay': the authors' toy schedule w_t = a (b + t)^(-c) with
-  (a, b, c) = (0.7, 2307, 0.55): about 1e-2 at t = 0 and 1e-3 at t = 150k.
+  'constant': w_t = a.   'decay': w_t = a (b + t)^(-c) with (b, c) = (2307, 0.55); the authors'
+  toy uses a = 0.7: about 1e-2 at t = 0 and 1e-3 at t = 150k.
   """
   if schedule == 'constant':
     return jnp.asarray(weight, jnp.float32)
   if schedule == 'decay':
-    a, b, c = decay
-    return a * (b + jnp.asarray(step, jnp.float32)) ** (-c)
+    b, c = decay
+    return weight * (b + jnp.asarray(step, jnp.float32)) ** (-c)
   raise ValueError(f"Unknown GP weight schedule {schedule!r}; valid: constant, decay.")
 
 
@@ -83,8 +83,8 @@ class GPBound(base.UpperBound):
   latents. The score s uses the log-volume of the SV settings (config.bounds.sv: estimator,
   num_latents, latent_chunk, jacobian_bn), whose s_1 estimate it hands on as the carry.
 
-  Config: weight w; schedule 'constant' (w) or 'decay' (the authors' toy schedule,
-  `gp_weight`); margin zeta >= 0."""
+  Config: weight a; schedule 'constant' (w = a) or 'decay' (w_t = a (2307 + t)^-0.55, the
+  authors' toy schedule with a = 0.7; `gp_weight`); margin zeta >= 0."""
   name = 'gp'
   DEFAULTS = dict(weight=1e-3, schedule='constant', margin=0.0)
 

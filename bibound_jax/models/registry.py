@@ -10,6 +10,7 @@ once, in the module). Unknown keys are an error that lists the valid ones.
                       DCGAN28Energy for 28x28 (StackedMNIST; no time-conditioned variant)
              resnet   ResNetEnergy / TimeResNetEnergy (resnet.py)
   generator  mlp      MLPGenerator (toy.py)
+             flow     SplineFlowGenerator (flow.py): injective, latent_dim = data dimension
              dcgan    DCGANGenerator, DCGAN28Generator for 28x28
              resnet   ResNetGenerator
 
@@ -19,14 +20,16 @@ whose run does not condition on time; they are used when it does.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 from bibound_jax.models import dcgan, resnet
+from bibound_jax.models.flow import SplineFlowGenerator
 from bibound_jax.models.time_energy import TimeMLPEnergy
-from bibound_jax.models.toy import MLPEnergy, MLPGenerator
+from bibound_jax.models.toy import SCALE_PARAMS, MLPEnergy, MLPGenerator
 
 ENERGIES = ('mlp', 'dcgan', 'resnet')
-GENERATORS = ('mlp', 'dcgan', 'resnet')
+GENERATORS = ('mlp', 'flow', 'dcgan', 'resnet')
 # Fields set by the builder, not by the config.
 _BUILT = ('parent', 'name', 'data_shape', 'latent_dim')
 
@@ -52,6 +55,8 @@ def _energy_classes(name: str, data_shape) -> tuple[type, type | None]:
 def _generator_class(name: str, data_shape) -> type:
   if name == 'mlp':
     return MLPGenerator
+  if name == 'flow':
+    return SplineFlowGenerator
   if len(data_shape) == 1:
     raise ValueError(f'Generator {name!r} is for images; {len(data_shape)}-D data needs mlp.')
   if name == 'dcgan':
@@ -77,6 +82,9 @@ def _hyperparameters(section, cls: type, allowed: set[str], which: str) -> dict:
   if section.get('sn_mode', dcgan.SN_MODES[0]) not in dcgan.SN_MODES:
     raise ValueError(f"config.model.{which}.sn_mode = {section['sn_mode']!r}; valid: "
                      f'{", ".join(dcgan.SN_MODES)}.')
+  if section.get('scale_param', SCALE_PARAMS[0]) not in SCALE_PARAMS:
+    raise ValueError(f"config.model.{which}.scale_param = {section['scale_param']!r}; valid: "
+                     f'{", ".join(SCALE_PARAMS)}.')
   fields = _fields(cls)
   return {k: tuple(v) if isinstance(v, list) else v for k, v in section.items() if k in fields}
 
@@ -104,4 +112,8 @@ def create_generator(section, data_shape: Sequence[int]):
     raise ValueError('config.model.generator.latent_dim is required.')
   kwargs = _hyperparameters({k: v for k, v in dict(section).items() if k != 'latent_dim'}, cls,
                             _fields(cls), 'generator')
+  if cls is SplineFlowGenerator and int(section['latent_dim']) != math.prod(data_shape):
+    raise ValueError(f"config.model.generator.latent_dim = {section['latent_dim']}: the flow "
+                     f'generator is a bijection, so it must equal the data dimension '
+                     f'{math.prod(data_shape)}.')
   return cls(latent_dim=int(section['latent_dim']), data_shape=data_shape, **kwargs)

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 
 from bibound_jax.models.toy import PRELU_INIT
 from bibound_jax.models.toy import SNDense
+from bibound_jax.models.toy import confinement
+from bibound_jax.models.toy import output_scale
 
 Array = jax.Array
 
@@ -70,16 +72,20 @@ class TimeMLPEnergy(nn.Module):
   activation pattern, and their DSM gradient is zero almost everywhere; gamma_l(t) rescales
   grad_x E smoothly. At a fixed t, gamma and beta are constants absorbed by the Dense layer, so
   E(., 0) spans the same family as `bibound_jax.models.toy.MLPEnergy`. Learnable scalar output
-  scale (init 1). With `spectral_norm` the x-path layers are spectrally normalised (as in
-  MLPEnergy) and the time modulation is bounded, 1 + gamma in (0, 2) (gamma = tanh of a linear
-  map), so ||grad_x E(., t)|| <= |scale| 2^L (times the PReLU slopes) at every t: the energy
-  grows its slope through the scalar and the slopes, not by inflating every weight.
+  scale (init 1) and confinement as in MLPEnergy (`scale_param`, `confine`). With
+  `spectral_norm` the x-path layers are spectrally normalised (as in MLPEnergy) and the time
+  modulation is bounded, 1 + gamma in (0, 2) (gamma = tanh of a linear map), so
+  ||grad_x E(., t)|| <= |scale| 2^L (times the PReLU slopes) at every t: the energy grows its
+  slope through the scalar and the slopes, not by inflating every weight.
   """
   hidden: Sequence[int] = (100, 100)
   time_features: int = 64
   freq_dim: int = 32
   time_scale: float = 1000.0
   spectral_norm: bool = False
+  scale_param: str = 'linear'     # toy.output_scale
+  confine: float = 0.0            # toy.confinement
+  confine_radius: float = 2.5
 
   @nn.compact
   def __call__(self, x, t=None):
@@ -92,5 +98,5 @@ class TimeMLPEnergy(nn.Module):
         gamma = jnp.tanh(gamma)
       h = dense(width)(h) * (1.0 + gamma) + beta
       h = nn.PReLU(negative_slope_init=PRELU_INIT)(h)
-    out = dense(1)(h)[:, 0]
-    return self.param('scale', nn.initializers.ones, ()) * out
+    out = dense(1)(h)[:, 0] + confinement(x, self.confine, self.confine_radius)
+    return output_scale(self, self.scale_param) * out

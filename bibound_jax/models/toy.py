@@ -42,11 +42,50 @@ class SNDense(nn.Module):
     return x @ (kernel / sigma) + bias
 
 
+SCALE_PARAMS = ('linear', 'exp')
+
+
+def output_scale(module: nn.Module, parametrisation: str) -> jax.Array:
+  """The energy's learnable scalar output scale c, 1 at init.
+
+  'linear': c is the parameter `scale` (the authors' choice). Adam moves a parameter by about
+  one learning rate per step whatever its size, so c grows at most linearly: about
+  1 + lr * steps. 'exp': c = exp(`log_scale`), which Adam moves by about a learning rate per
+  step in log space: c can grow geometrically, as fast as the data's scale demands
+  (docs/results.md, "Toy: what limits the energy's sharpness").
+  """
+  if parametrisation == 'linear':
+    return module.param('scale', nn.initializers.ones, ())
+  if parametrisation == 'exp':
+    return jnp.exp(module.param('log_scale', nn.initializers.zeros, ()))
+  raise ValueError(f'Unknown energy scale parametrisation {parametrisation!r}; valid: '
+                   f'{", ".join(SCALE_PARAMS)}.')
+
+
+def confinement(x: jax.Array, strength: float, radius: float) -> jax.Array:
+  """strength * relu(||x|| - radius)^2 per sample (0 when strength is 0).
+
+  A piecewise-linear energy is linear far from the data, and where it descends outwards
+  exp(-E) is not normalisable on R^n. Adding this term (0 inside the ball that holds the data,
+  quadratic outside) makes exp(-E) normalisable for every f, and leaves E unchanged where the
+  data and the generator live.
+  """
+  if not strength:
+    return jnp.zeros(x.shape[:1], x.dtype)
+  norm = jnp.sqrt(jnp.sum(jnp.reshape(x, (x.shape[0], -1)) ** 2, axis=-1) + 1e-12)
+  return strength * jax.nn.relu(norm - radius) ** 2
+
+
 class MLPEnergy(nn.Module):
-  """E(x) = scale * f(x): PReLU MLP with a learnable scalar output scale (init 1); optionally
-  spectrally normalised layers (then `scale` alone sets the energy's Lipschitz bound)."""
+  """E(x) = c * (f(x) + confinement(x)): PReLU MLP f with a learnable scalar output scale c
+  (init 1, `scale_param`: see `output_scale`); optionally spectrally normalised layers (then
+  c alone sets f's Lipschitz bound) and a confining quadratic outside radius `confine_radius`
+  (`confine` > 0; see `confinement`)."""
   hidden: Sequence[int] = (100, 100)
   spectral_norm: bool = False
+  scale_param: str = 'linear'
+  confine: float = 0.0
+  confine_radius: float = 2.5
 
   @nn.compact
   def __call__(self, x):
@@ -54,8 +93,8 @@ class MLPEnergy(nn.Module):
     h = jnp.reshape(x, (x.shape[0], -1))
     for width in self.hidden:
       h = nn.PReLU(negative_slope_init=PRELU_INIT)(dense(width)(h))
-    out = dense(1)(h)[:, 0]
-    return self.param('scale', nn.initializers.ones, ()) * out
+    out = dense(1)(h)[:, 0] + confinement(x, self.confine, self.confine_radius)
+    return output_scale(self, self.scale_param) * out
 
 
 class MLPGenerator(nn.Module):
