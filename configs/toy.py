@@ -5,11 +5,12 @@
     python -m experiments.main --config=configs/toy.py:authors --workdir=/tmp/toy_authors
 
 The default pairs an injective generator with an energy that can sharpen (docs/results.md,
-"Toy"): a spline coupling flow G with the exact log-determinant entropy (the SV bound's
+"The 2-D toys"): a spline coupling flow G with the exact log-determinant entropy (the SV bound's
 injectivity assumption holds: no folding), an energy whose output scale is exp(log_scale)
 with a confining quadratic outside the data, Adam at lr_E 1e-3 / lr_G 2e-3 decaying by a cosine
-to 2% over 30,000 iterations. `authors` restores the authors' toy: PReLU+BatchNorm MLP
-generator (it folds the plane), exact d log s_1 entropy, linear scale, constant lr 2e-4, 150k.
+to 2% over 30,000 iterations, and twice the authors' GP weight. `authors` restores the authors'
+toy: PReLU+BatchNorm MLP generator (it folds the plane), exact d log s_1 entropy, linear scale,
+constant lr 2e-4, GP weight 0.7 (2307 + t)^-0.55, 150k iterations.
 
 The optional argument is a comma-separated list of a data set name, `authors` and/or a bound
 preset:
@@ -43,8 +44,10 @@ FLOW_BOUND = {'25gaussians': 3.0, 'swiss_roll': 4.0, 'two_moons': 3.0}
 
 def authors(config):
   """The authors' toy networks and optimiser: BatchNorm MLP G with exact d log s_1, linear
-  energy scale, no confinement, constant lr 2e-4 for 150k iterations."""
+  energy scale, no confinement, GP weight 0.7 (2307 + t)^-0.55, constant lr 2e-4 for 150k
+  iterations."""
   config.bounds.sv.estimator = 'exact_smin'
+  config.bounds.gp.weight = 0.7
   config.model.generator = ml_collections.ConfigDict({
       'name': 'mlp', 'hidden': (100, 100), 'latent_dim': 2, 'output_activation': 'none'})
   config.model.energy.update(scale_param='linear', confine=0.0)
@@ -54,11 +57,13 @@ def authors(config):
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = common.base_config()
-  # The exact log-determinant of the flow's 2 x 2 Jacobian; GP weight 0.7 (2307 + t)^-0.55,
-  # margin 0 (the authors' schedule).
+  # The exact log-determinant of the flow's 2 x 2 Jacobian. The GP weight follows the authors'
+  # schedule a (2307 + t)^-0.55, margin 0, at twice their a = 0.7: with 0.7, w GP fell below
+  # KL(p_g || p_theta) between 10k and 20k iterations on 2 of 3 seeds; with 1.4 the sandwich
+  # holds on all 3 (docs/results.md, "The 2-D toys").
   config.bounds.sv.estimator = 'exact_logdet'
   config.bounds.gp.schedule = 'decay'
-  config.bounds.gp.weight = 0.7
+  config.bounds.gp.weight = 1.4
   config.bounds.gp.margin = 0.0
   # The diffusion bound's own weight, (T - t_min) DSM: with a time embedding smooth in t
   # (model.energy.time_scale = 1) it keeps E(., 0) tied to what DSM constrains
@@ -90,8 +95,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   common.parse_arg(config, arg, 'configs/toy.py',
                    {**{name: _dataset(name) for name in DATASETS}, 'authors': authors})
-  if config.model.energy.get('confine_radius', 0) is None:
+  # Set by data set unless given: the flow's spline interval and the confinement radius.
+  if config.model.energy.confine_radius is None:
     config.model.energy.confine_radius = CONFINE_RADIUS[config.data.name]
-  if config.model.generator.get('bound', 0) is None:
+  if 'bound' in config.model.generator and config.model.generator.bound is None:
     config.model.generator.bound = FLOW_BOUND[config.data.name]
   return config

@@ -146,6 +146,27 @@ def chunk_length(step: int, config) -> int:
   return k
 
 
+def _duration(seconds: float) -> str:
+  minutes = int(round(seconds / 60))
+  return f'{minutes // 60} h {minutes % 60} min' if minutes >= 60 else f'{seconds / 60:.1f} min'
+
+
+def _report_expected_time(measured_from, step: int, state, config):
+  """Once 5 s of compiled iterations have run (or 100 iterations), log the measured time per
+  iteration and the expected wall time of the rest of the run; None once logged."""
+  start_step, start_time = measured_from
+  if step - start_step < 100 and time.time() - start_time < 5.0:
+    return measured_from
+  jax.block_until_ready(state)
+  per_iteration = (time.time() - start_time) / (step - start_step)
+  remaining = config.train.num_steps - step
+  evaluations = remaining // config.train.eval_every + 1
+  logging.info('Measured %.3g s per iteration after compilation: the remaining %d iterations '
+               'will take about %s, plus %d evaluation(s).', per_iteration, remaining,
+               _duration(per_iteration * remaining), evaluations)
+  return None
+
+
 def train_and_evaluate(config, workdir: str) -> train.BiboundState:
   """Train (or resume) the run described by `config` in `workdir`; returns the final state."""
   timings = {'entered': time.time(), 'evaluations_s': []}
@@ -204,6 +225,7 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
   # compiled stream and have nothing to wait for.
   waited = lambda: getattr(batch_at, 'waited', 0.0)
   data_wait = waited()
+  measured_from = None   # (iteration, time) after compilation, until the estimate is logged
   with metric_writers.ensure_flushes(writer), _Preemption() as preempted:
     step = start
     while step < num_steps:
@@ -218,6 +240,9 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
       if 'first_call_end' not in timings:   # compilation and the first call
         jax.block_until_ready(state)
         timings['first_call_start'], timings['first_call_end'] = call_start, time.time()
+        measured_from = (step + n, time.time())
+      elif measured_from is not None:
+        measured_from = _report_expected_time(measured_from, step + n, state, config)
       step += n
       buffer.append((n, metrics))
       for hook in hooks:

@@ -10,9 +10,10 @@ In 2-D every quantity of the objective (docs/bounds.md, "The objective") is comp
 and the upper bound as trained, L_up = L_lo + relu(w GP - zeta). With lambda_H != 1 the
 generator's objective E_data[E] - E_{p_g}[E] + lambda_H H[p_g] is no longer below the NLL.
 
-When a bound fails the evaluation says so: `folded_fraction` is the share of latents whose
-det J has the minority sign (an injective map of the plane keeps one orientation, so > 0 means
-G folds, and the change-of-variables entropy then over-counts), and `lower_bound_fails`
+When a bound fails the evaluation says so: `folded_fraction` is the share of latents (among
+those with a non-singular J) whose det J has the minority sign (an injective map of the plane
+keeps one orientation, so > 0 means G folds, and the change-of-variables entropy then
+over-counts), and `lower_bound_fails`
 (L_lo > NLL, i.e. KL(p_g || p_theta) < 0), `upper_bound_fails` (NLL > L_up) and
 `estimator_above_exact` (the training estimator's entropy above the exact one: an unconverged
 iteration) are 1 where they happen; a warning names the seeds, and sandwich.png marks them.
@@ -88,7 +89,9 @@ class ToyEvaluator(evaluation.Evaluator):
       fn = generator_lib.inference_fn(g)
       exact = entropy.batched_log_volume(entropy.exact_logdet, fn, g.params, z, key).value
       estimate = entropy.batched_log_volume(est, fn, g.params, z, key).value
-      det = jax.vmap(lambda zi: jnp.linalg.det(entropy.jacobian(fn, g.params, zi)))(z)
+      # The sign of det J from slogdet: a plain det of a strongly contracting J underflows to
+      # 0 in float32 and has no sign (slogdet's sign is 0 only for a singular J).
+      det = jax.vmap(lambda zi: jnp.linalg.slogdet(entropy.jacobian(fn, g.params, zi))[0])(z)
       return exact, estimate, det
     self._latent_terms = jax.jit(latent_terms)
 
@@ -154,7 +157,8 @@ class ToyEvaluator(evaluation.Evaluator):
                                                    self.cell_area)),
         # An injective map of the plane keeps one orientation: the share of latents whose
         # det J has the minority sign is mass on folds, where the entropy over-counts.
-        'folded_fraction': float(min(np.mean(det < 0), np.mean(det > 0))),
+        'folded_fraction': float(min(np.mean(det < 0), np.mean(det > 0))
+                                 / max(np.mean(det != 0), 1e-12)),
         # 1 where a bound fails: L_lo > NLL (equivalently KL(p_g || p_theta) < 0), NLL > L_up
         # (the GP term below the KL it should bound), the estimator above the exact entropy.
         'lower_bound_fails': float(lower > nll),

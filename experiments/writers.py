@@ -54,9 +54,10 @@ class TensorBoardWriter(interface.MetricWriter):
       # tensorboard.compat.tf resolves to its stub when this module exists (the package's
       # own switch, used by its TensorFlow-free builds); 6 s of TensorFlow import saved.
       sys.modules.setdefault('tensorboard.compat.notf', types.ModuleType('tensorboard.compat.notf'))
-    from tensorboard.compat.proto import event_pb2  # pylint: disable=import-outside-toplevel
-    from tensorboard.compat.proto import summary_pb2  # pylint: disable=import-outside-toplevel
-    from tensorboard.summary.writer import event_file_writer  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.summary.writer import event_file_writer
     self._event, self._proto = event_pb2.Event, summary_pb2
     self._writer = event_file_writer.EventFileWriter(logdir)
 

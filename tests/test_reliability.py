@@ -50,6 +50,9 @@ def test_kill_minus_9_then_resume_is_bit_identical(tmp_path):
   _, err = resumed.communicate(timeout=600)
   assert resumed.returncode == 0, err[-3000:]
   assert f'Resumed from' in err
+  # The expected wall time of the rest, from the iterations measured after compilation.
+  assert re.search(r'Measured \S+ s per iteration after compilation: the remaining \d+ '
+                   r'iterations will take about [\d.]+ (min|h)', err), err[-2000:]
   cfg = small_config(num_steps=600, checkpoint_every=100, log_every=50, eval_every=100000)
   straight = run.train_and_evaluate(cfg, str(tmp_path / 'b'))
   manager = checkpoints.open_manager(str(tmp_path / 'a'), read_only=True)

@@ -68,7 +68,8 @@ def test_command_line_errors_name_the_key():
     ('train.batch_size', -4, r'config.train.batch_size = -4.*> 0'),
     ('bounds.gp.margin', -1.0, r'config.bounds.gp.margin.*>= 0'),
     ('bounds.sv.num_latents', 7, r'config.bounds.sv.num_latents = 7 must be 0 .* divisor'),
-    ('model.energy.depth', 3, r'config.model.energy has key\(s\) depth .* its keys: confine, confine_radius, freq_dim, hidden'),
+    ('model.energy.depth', 3,
+     r'config.model.energy has key\(s\) depth .* its keys: confine, confine_radius, freq_dim'),
     ('model.generator.name', 'vit', r'config.model.generator.name .* mlp, flow, dcgan, resnet'),
 ])
 def test_bad_config_values_are_rejected_with_the_key(key, value, match):

@@ -52,7 +52,7 @@ def output_scale(module: nn.Module, parametrisation: str) -> jax.Array:
   one learning rate per step whatever its size, so c grows at most linearly: about
   1 + lr * steps. 'exp': c = exp(`log_scale`), which Adam moves by about a learning rate per
   step in log space: c can grow geometrically, as fast as the data's scale demands
-  (docs/results.md, "Toy: what limits the energy's sharpness").
+  (docs/results.md, "The 2-D toys": what limits how sharp the energy gets).
   """
   if parametrisation == 'linear':
     return module.param('scale', nn.initializers.ones, ())
