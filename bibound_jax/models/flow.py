@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bibound_jax.models.toy import PRELU_INIT
+from bibound_jax.models.mi import MLP
 
 MIN_BIN = 1e-3      # smallest bin width/height, as a fraction of the interval
 MIN_DERIV = 1e-3    # smallest knot derivative
@@ -67,18 +67,6 @@ def rq_spline(x: jax.Array, raw_widths: jax.Array, raw_heights: jax.Array,
   return jnp.where(inside, y, x)
 
 
-class Conditioner(nn.Module):
-  """PReLU MLP from the fixed half to the spline parameters; last layer zero-initialised."""
-  hidden: Sequence[int]
-  out: int
-
-  @nn.compact
-  def __call__(self, h):
-    for width in self.hidden:
-      h = nn.PReLU(negative_slope_init=PRELU_INIT)(nn.Dense(width)(h))
-    return nn.Dense(self.out, kernel_init=nn.initializers.zeros)(h)
-
-
 class SplineFlowGenerator(nn.Module):
   """G(z): `layers` rational-quadratic spline couplings, identity at init (module docstring).
 
@@ -106,8 +94,9 @@ class SplineFlowGenerator(nn.Module):
       moved = slice(0, half) if layer % 2 else slice(half, n)
       fixed = slice(half, n) if layer % 2 else slice(0, half)
       m = x[:, moved].shape[-1]
-      params = Conditioner(tuple(self.hidden), m * (3 * k - 1), name=f'coupling_{layer}')(
-          x[:, fixed])
+      # The conditioner; its last layer starts at zero, so the flow starts as the identity.
+      params = MLP(tuple(self.hidden), m * (3 * k - 1), nn.initializers.zeros,
+                   name=f'coupling_{layer}')(x[:, fixed])
       params = jnp.reshape(params, (x.shape[0], m, 3 * k - 1))
       y = rq_spline(x[:, moved], params[..., :k], params[..., k:2 * k],
                     params[..., 2 * k:] + _ZERO_DERIV, self.bound)

@@ -9,7 +9,7 @@ Inputs x are flattened, so images work as well. `create_mi_model(kind, ...)` pic
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -20,15 +20,17 @@ CRITICS = ('separable', 'concat')
 
 
 class MLP(nn.Module):
-  """Dense -> PReLU blocks of widths `hidden`, then a linear map to `features`."""
+  """Dense -> PReLU blocks of widths `hidden`, then a linear map to `features` (its kernel
+  initialised by `final_kernel_init`; zeros make the map start at its bias)."""
   hidden: Sequence[int]
   features: int
+  final_kernel_init: Callable = nn.linear.default_kernel_init
 
   @nn.compact
   def __call__(self, h):
     for width in self.hidden:
       h = nn.PReLU(negative_slope_init=PRELU_INIT)(nn.Dense(width)(h))
-    return nn.Dense(self.features)(h)
+    return nn.Dense(self.features, kernel_init=self.final_kernel_init)(h)
 
 
 class GaussianEncoder(nn.Module):
