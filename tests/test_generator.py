@@ -98,17 +98,17 @@ def test_jacobian_variables_computed_once_give_the_same_values_and_gradients():
     return jnp.mean(entropy.batched_log_volume(
         entropy.exact_smin, generator_lib.batch_generator_fn(g, z), params, z, key).value)
 
-  v1, g1 = jax.value_and_grad(once)(g.params)
-  v2, g2 = jax.value_and_grad(per_call)(g.params)
+  v1, g1 = jax.jit(jax.value_and_grad(once))(g.params)
+  v2, g2 = jax.jit(jax.value_and_grad(per_call))(g.params)
   assert float(v1) == pytest.approx(float(v2), rel=1e-5)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   # The statistics carry gradient: holding them fixed changes the parameter gradient.
   stats = jax.lax.stop_gradient(
       generator_lib.batch_statistics(g.apply_fn, g.params, g.batch_stats, z))
-  g3 = jax.grad(lambda p: jnp.mean(entropy.batched_log_volume(
+  g3 = jax.jit(jax.grad(lambda p: jnp.mean(entropy.batched_log_volume(
       entropy.exact_smin, gen.per_sample(), {'params': p, 'batch_stats': stats}, z,
-      key).value))(g.params)
+      key).value)))(g.params)
   assert max(float(jnp.max(jnp.abs(a - b))) for a, b in
              zip(jax.tree.leaves(g1), jax.tree.leaves(g3))) > 1e-3
   # 'running' uses the running averages as they are.

@@ -142,7 +142,8 @@ def _operator_norm(conv, in_shape, iters=300):
 
 def _normalised_conv(module, variables, in_shape):
   kernel = variables['params']['kernel']
-  sigma = module.apply(variables, kernel, in_shape[1:3], method=dcgan.SNConv.sigma)
+  sigma = jax.jit(lambda k: module.apply(variables, k, in_shape[1:3],   # one compilation
+                                         method=dcgan.SNConv.sigma))(kernel)
   return lambda v: module._conv(v, kernel / sigma), kernel / sigma
 
 

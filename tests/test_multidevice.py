@@ -21,7 +21,8 @@ WORKER = os.path.join(REPO, 'tests', 'multidevice_worker.py')
 
 def _env(devices, steps=10):
   env = dict(os.environ, MD_STEPS=str(steps))
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                      f' --xla_force_host_platform_device_count={devices}').strip()
   env['JAX_PLATFORMS'] = 'cpu'
   return env
 

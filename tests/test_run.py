@@ -184,7 +184,7 @@ def test_the_flow_never_folds_and_keeps_the_lower_bound_the_mlp_folds(tmp_path, 
   NLL; the MLP folds the plane from the start (docs/bounds.md, "The injectivity assumption")."""
   cfg = toy.get_config(variant)
   cfg.train.update(batch_size=64, num_steps=200, eval_every=200, checkpoint_every=200)
-  cfg.eval.update(num_samples=2000, gp_samples=500)
+  cfg.eval.update(num_samples=2000, gp_samples=500, grid_spacing=0.05)
   run.train_and_evaluate(cfg, str(tmp_path))
   with open(tmp_path / 'eval' / 'metrics_200.json') as f:
     m = json.load(f)

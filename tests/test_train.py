@@ -74,12 +74,14 @@ def test_several_iterations_per_call_match_single_steps():
   multi = train.make_train_steps(cfg, 3, donate=False)
   together, stacked = multi(state, batches, key)
   assert train.iteration(together) == 3 and stacked['loss_energy'].shape == (1, 3)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+  # The scan body and the single step are compiled separately, so a few elements differ in the
+  # last float32 bits (measured: 1 of 10,000 by 1.7e-7); a wrong batch or key moves them by lr.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                (one_by_one.energy.params, one_by_one.generator.params),
                (together.energy.params, together.generator.params))
   for i, metrics in enumerate(history):
     for name, value in metrics.items():
-      np.testing.assert_allclose(stacked[name][:, i], value, rtol=1e-6, atol=1e-7,
+      np.testing.assert_allclose(stacked[name][:, i], value, rtol=1e-5, atol=1e-6,
                                  err_msg=name)
   multi(together, batches, key)
   assert multi._cache_size() == 1
