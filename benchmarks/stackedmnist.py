@@ -2,6 +2,9 @@
 
     python -m benchmarks.stackedmnist --presets=sv+gp,wgan_gp --steps=20000 --num_seeds=2
     python -m benchmarks.stackedmnist --report_only          # the table and figure of the runs
+    python -m benchmarks.stackedmnist --report_only --runs=sv+gp=DIR_A+DIR_B,wgan_gp=DIR_C
+        # the same for runs made elsewhere (one or several seeds each; a preset's seeds are
+        # the union of its directories' seeds, matched by evaluation step)
 
 Each preset trains `configs/stackedmnist.py:<variant>,<preset>` (variant `cpu` by default, plus
 --set overrides) for `--num_seeds` seeds in one run (train.num_seeds) in `workdir/<preset>`,
@@ -34,6 +37,8 @@ flags.DEFINE_integer('eval_every', 2_000, 'Iterations between evaluations.')
 flags.DEFINE_integer('num_samples', 26_000, 'Generated samples per evaluation.')
 flags.DEFINE_multi_string('set', [], 'KEY=VALUE config overrides for every preset (repeatable).')
 flags.DEFINE_bool('report_only', False, 'Only print the table and draw the figure.')
+flags.DEFINE_list('runs', [], 'PRESET=DIR[+DIR...] per preset: report these workdirs (their '
+                  'seeds pooled) instead of <workdir>/<preset>.')
 FLAGS = flags.FLAGS
 
 
@@ -62,31 +67,30 @@ def run_preset(preset: str, workdir: str) -> None:
       f.write(str(e))
 
 
-def _stat(record: dict, key: str, seeds) -> tuple[float, float, list[float]]:
+def _stat(record: dict, key: str) -> tuple[float, float, list[float]]:
   from experiments import history
-  values = history.seed_values(record, key, seeds)
+  values = history.per_seed(record, key)
   return float(np.mean(values)), float(np.std(values)), values
 
 
 def print_table(histories: dict) -> None:
-  seeds = [FLAGS.seed + k for k in range(FLAGS.num_seeds)]
   print(f'\nStackedMNIST {FLAGS.variant or "paper"} variant, {FLAGS.num_samples} samples per '
-        f'evaluation, seeds {seeds[0]}..{seeds[-1]}: mean +- std over seeds\n')
-  print('| preset | iteration | wall (min) | modes (of 1000) | KL(modes \\|\\| U) | '
+        f'evaluation: mean +- std over seeds\n')
+  print('| preset | seeds | iteration | wall (min) | modes (of 1000) | KL(modes \\|\\| U) | '
         'largest mode | E(fake) - E(real) |')
-  print('| --- | --- | --- | --- | --- | --- | --- |')
+  print('| --- | --- | --- | --- | --- | --- | --- | --- |')
   floor = None
   for preset, (hist, note) in histories.items():
     for h in hist:
-      modes, kl, largest = (_stat(h, k, seeds) for k in ('modes', 'kl', 'max_mode_fraction'))
-      e = np.asarray(_stat(h, 'energy_fake', seeds)[2]) - np.asarray(
-          _stat(h, 'energy_real', seeds)[2])
-      print(f"| {preset} | {h['step']} | {h.get('wall_s', float('nan')) / 60:.1f} | "
-            f'{modes[0]:.0f} +- {modes[1]:.0f} | {kl[0]:.3f} +- {kl[1]:.3f} | '
+      modes, kl, largest = (_stat(h, k) for k in ('modes', 'kl', 'max_mode_fraction'))
+      e = np.asarray(_stat(h, 'energy_fake')[2]) - np.asarray(_stat(h, 'energy_real')[2])
+      print(f"| {preset} | {len(modes[2])} | {h['step']} | "
+            f"{h.get('wall_s', float('nan')) / 60:.1f} | "
+            f'{modes[0]:.1f} +- {modes[1]:.1f} | {kl[0]:.3f} +- {kl[1]:.3f} | '
             f'{largest[0]:.3f} | {e.mean():.2f} |')
-      floor = floor or (_stat(h, 'data_modes', seeds)[0], _stat(h, 'data_kl', seeds)[0])
+      floor = floor or (_stat(h, 'data_modes')[0], _stat(h, 'data_kl')[0])
     if note:
-      print(f'| {preset} | | | diverged: {note[:80]} | | | |')
+      print(f'| {preset} | | | | diverged: {note[:80]} | | | |')
   if floor:
     print(f'\nReal StackedMNIST samples, as many: {floor[0]:.0f} modes, KL {floor[1]:.3f} (the '
           'sampling-noise floor).')
@@ -96,7 +100,6 @@ def plot(histories: dict, path: str) -> None:
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  seeds = [FLAGS.seed + k for k in range(FLAGS.num_seeds)]
   fig, axes = plt.subplots(2, 2, figsize=(11, 7))
   for preset, (hist, _) in histories.items():
     if not hist:
@@ -105,10 +108,10 @@ def plot(histories: dict, path: str) -> None:
       for row, key in enumerate(('modes', 'kl')):
         ax = axes[row, col]
         x = [x_of(h) for h in hist]
-        line, = ax.plot(x, [_stat(h, key, seeds)[0] for h in hist], marker='o', ms=3,
+        line, = ax.plot(x, [_stat(h, key)[0] for h in hist], marker='o', ms=3,
                         label=preset)
-        for k in range(len(seeds)):
-          ax.plot(x, [_stat(h, key, seeds)[2][k] for h in hist], color=line.get_color(),
+        for k in range(len(_stat(hist[0], key)[2])):
+          ax.plot(x, [_stat(h, key)[2][k] for h in hist], color=line.get_color(),
                   lw=0.5, alpha=0.5)
   for row, key in enumerate(('modes (of 1000)', 'KL(modes || U)')):
     for col, xlabel in enumerate(('iteration', 'wall time (min)')):
@@ -131,14 +134,18 @@ def main(argv):
     for preset in FLAGS.presets:
       run_preset(preset, os.path.join(FLAGS.workdir, preset.replace('+', '_')))
   histories = {}
-  for preset in FLAGS.presets:
-    workdir = os.path.join(FLAGS.workdir, preset.replace('+', '_'))
+  runs = dict(r.split('=', 1) for r in FLAGS.runs)
+  for preset in (runs or FLAGS.presets):
+    dirs = runs[preset].split('+') if runs else [
+        os.path.join(FLAGS.workdir, preset.replace('+', '_'))]
     note = ''
-    if os.path.exists(os.path.join(workdir, 'diverged.txt')):
-      with open(os.path.join(workdir, 'diverged.txt')) as f:
-        note = f.read()
-    histories[preset] = (history.load(workdir), note)
+    for workdir in dirs:
+      if os.path.exists(os.path.join(workdir, 'diverged.txt')):
+        with open(os.path.join(workdir, 'diverged.txt')) as f:
+          note = f.read()
+    histories[preset] = (history.pool([history.load(d) for d in dirs]), note)
   print_table(histories)
+  os.makedirs(FLAGS.workdir, exist_ok=True)
   plot(histories, os.path.join(FLAGS.workdir, 'modes.png'))
   print(f"\nfigure: {os.path.join(FLAGS.workdir, 'modes.png')}")
 

@@ -49,6 +49,33 @@ def seed_values(record: dict, key: str, seeds) -> list[float]:
   return [record[f'{key}/seed_{s}'] for s in seeds]
 
 
+STACKEDMNIST_KEYS = ('modes', 'kl', 'max_mode_fraction', 'data_modes', 'data_kl',
+                     'energy_fake', 'energy_real')
+
+
+def per_seed(record: dict, key: str) -> list[float]:
+  """A record's value of `key` for each seed it holds (one, or key/seed_<s> for several)."""
+  seeded = sorted((int(k.rsplit('_', 1)[1]), v) for k, v in record.items()
+                  if k.startswith(f'{key}/seed_'))
+  return [v for _, v in seeded] if seeded else [record[key]]
+
+
+def pool(histories: list[list[dict]], keys=STACKEDMNIST_KEYS) -> list[dict]:
+  """The evaluations of several runs of one preset as one history with seeds 0..n-1 (the
+  steps every run reached); `wall_s` is the longest of those the runs recorded."""
+  steps = sorted(set.intersection(*({h['step'] for h in hist} for hist in histories)))
+  out = []
+  for step in steps:
+    records = [next(h for h in hist if h['step'] == step) for hist in histories]
+    walls = [r['wall_s'] for r in records if 'wall_s' in r]
+    merged = {'step': step, 'wall_s': max(walls) if walls else float('nan')}
+    for key in keys:
+      values = [v for r in records for v in per_seed(r, key)]
+      merged.update({f'{key}/seed_{j}': v for j, v in enumerate(values)})
+    out.append(merged)
+  return out
+
+
 # -- evaluations
 
 def load(workdir: str) -> list[dict]:

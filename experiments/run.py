@@ -96,7 +96,9 @@ class DivergenceMonitor:
       logging.warning(
           'Divergence at iteration %d%s: E(fake) - E(real) = %.3g (threshold %g), max |E| = '
           '%.3g (threshold %g). The energy is running away from the generator; the '
-          "lower-bound-only baseline (bounds.upper='none') is expected to do this.", step,
+          "lower-bound-only baseline (bounds.upper='none') is expected to do this. A WGAN "
+          "critic's gap (bounds.upper='wgan_gp') is a distance estimate, large by design on "
+          'images: raise train.divergence_gap to silence this.', step,
           '' if seed is None else f' (seed {seed})', gap, self.gap_threshold, size,
           self.energy_threshold)
     return True

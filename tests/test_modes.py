@@ -60,3 +60,25 @@ def test_classify_stacked_uses_each_channel_in_order():
   got = modes_lib.classify_stacked(_brightness_classifier, 1.0, x, batch_size=16)
   assert got.dtype == np.int32
   np.testing.assert_array_equal(got, 100 * digits[:, 0] + 10 * digits[:, 1] + digits[:, 2])
+
+
+def test_kl_decomposition_splits_marginals_and_dependence():
+  rng = np.random.default_rng(0)
+  # Independent channels, channel 1 skewed: TC ~ 0 (sampling noise only) and the KL is the
+  # marginal KL of channel 1, whose exact value is known.
+  q = np.array([0.3] + [0.7 / 9] * 9)
+  d = np.stack([rng.integers(0, 10, 200_000), rng.choice(10, 200_000, p=q),
+                rng.integers(0, 10, 200_000)], -1)
+  out = modes_lib.kl_decomposition(100 * d[:, 0] + 10 * d[:, 1] + d[:, 2])
+  assert out['kl'] == pytest.approx(modes_lib.kl_to_uniform(100 * d[:, 0] + 10 * d[:, 1] +
+                                                            d[:, 2]), abs=1e-9)
+  assert out['kl_channels'][1] == pytest.approx(float(np.sum(q * np.log(10 * q))), abs=2e-3)
+  assert out['total_correlation'] == pytest.approx(0.0, abs=5e-3)
+  assert out['kl'] == pytest.approx(sum(out['kl_channels']) + out['total_correlation'])
+  # Fully dependent channels (all three equal), uniform marginals: every nat is dependence.
+  c = rng.integers(0, 10, 10_000)
+  out = modes_lib.kl_decomposition(111 * c)
+  assert max(out['kl_channels']) < 1e-2
+  assert out['total_correlation'] == pytest.approx(math.log(100), abs=1e-2)
+  assert modes_lib.kl_decomposition(np.arange(1000).repeat(26))['plugin_bias'] == (
+      pytest.approx(999 / 52_000))

@@ -118,3 +118,19 @@ def test_jacobian_latents_are_a_strided_subset():
   cfg.num_latents = 16
   np.testing.assert_array_equal(entropy.JacobianTerms(cfg).latents(z)[:, 0],
                                 np.arange(0, 64, 4))
+
+
+def test_report_pools_the_seeds_of_separate_runs():
+  """benchmarks/stackedmnist.py --runs (history.pool): a 1-seed and a 2-seed run of a preset -> 3 seeds, at
+  the evaluation steps both reached."""
+  from experiments import history
+  keys = history.STACKEDMNIST_KEYS
+  one = [{'step': s, **{k: float(s) for k in keys}} for s in (2, 4, 6)]   # no wall_s
+  two = [{'step': s, 'wall_s': 30.0 * s,
+          **{f'{k}/seed_{j}': float(s + 10 * (j + 1)) for k in keys for j in (3, 4)},
+          **{k: 0.0 for k in keys}} for s in (2, 4)]
+  pooled = history.pool([one, two])
+  assert [h['step'] for h in pooled] == [2, 4]
+  assert history.per_seed(pooled[1], 'modes') == [4.0, 44.0, 54.0]
+  assert history.per_seed(pooled[0], 'kl') == [2.0, 42.0, 52.0]
+  assert pooled[1]['wall_s'] == 120.0   # the runs that recorded it
