@@ -80,7 +80,7 @@ def main(argv):
       p = hist / hist.sum()
       terms = np.where(p > 0, p * np.log(np.maximum(p, 1e-300) * modes_lib.NUM_MODES), 0.0)
       top = np.sort(terms)[::-1][:10].sum() / out['kl']
-      digits = np.stack([modes // 100, modes // 10 % 10, modes % 10], -1)
+      digits = modes_lib.mode_digits(modes)
       ranges = ', '.join(
           f'{np.bincount(digits[:, c], minlength=10).min() / len(modes):.3f}-'
           f'{np.bincount(digits[:, c], minlength=10).max() / len(modes):.3f}' for c in range(3))

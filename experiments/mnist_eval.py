@@ -107,7 +107,7 @@ class StackedMNISTEvaluator(evaluation.Evaluator):
         os.path.join(out, f'samples_{step}.npz'),
         images=np.stack([np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
                          for x, _ in artefacts]),
-        digits=np.stack([np.stack([m // 100, m // 10 % 10, m % 10], -1).astype(np.uint8)
+        digits=np.stack([mode_metrics.mode_digits(m).astype(np.uint8)
                          for _, m in artefacts]),
         seeds=np.asarray(self.seeds))
     plotting.plot_history(history, ('modes', 'kl', 'energy_real', 'energy_fake'),

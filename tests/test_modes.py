@@ -80,5 +80,7 @@ def test_kl_decomposition_splits_marginals_and_dependence():
   out = modes_lib.kl_decomposition(111 * c)
   assert max(out['kl_channels']) < 1e-2
   assert out['total_correlation'] == pytest.approx(math.log(100), abs=1e-2)
+  np.testing.assert_array_equal(modes_lib.mode_digits([0, 7, 305, 999]),
+                                [[0, 0, 0], [0, 0, 7], [3, 0, 5], [9, 9, 9]])
   assert modes_lib.kl_decomposition(np.arange(1000).repeat(26))['plugin_bias'] == (
       pytest.approx(999 / 52_000))

@@ -53,6 +53,12 @@ def kl_to_uniform(modes, num_modes: int = NUM_MODES) -> float:
   return float(max(np.sum(p * np.log(p * num_modes)), 0.0))   # Clip float round-off below 0.
 
 
+def mode_digits(modes) -> np.ndarray:
+  """int64 (..., 3) channel digits (d0, d1, d2) of modes 100 d0 + 10 d1 + d2."""
+  modes = np.asarray(modes)
+  return np.stack([modes // 100, modes // 10 % 10, modes % 10], axis=-1)
+
+
 def kl_decomposition(modes) -> dict:
   """Where KL(p || U) comes from. With p_c the digit histogram of channel c (U_10 uniform),
 
@@ -63,7 +69,7 @@ def kl_decomposition(modes) -> dict:
   far the channels are from independent. `plugin_bias` = (M - 1) / (2 N) is the first-order
   bias of the plug-in KL for N samples of the exactly uniform p: the real-data floor."""
   modes = _as_modes(modes, NUM_MODES)
-  digits = np.stack([modes // 100, modes // 10 % 10, modes % 10], axis=-1)
+  digits = mode_digits(modes)
 
   def entropy(values, k):
     p = np.bincount(values, minlength=k) / values.size
