@@ -59,6 +59,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.eval_every = 10_000
   config.train.checkpoint_every = 10_000
   config.train.keep_checkpoints = 3
+  # Warm start: 'DIR' or 'DIR@STEP' (default: its latest checkpoint) of another run. A fresh
+  # workdir starts from that checkpoint's state, PRNG key and iteration instead of an
+  # initialisation; the config may differ (another bound weight, learning rate, schedule...)
+  # where the state keeps its shapes. Ignored once the workdir has checkpoints of its own.
+  config.train.init_from = ''
   # Iterations per compiled call (train.make_train_steps): the same updates, less dispatch.
   # Worth it where a step takes milliseconds (the toy); logs, evaluations and checkpoints
   # still happen at their own iterations.

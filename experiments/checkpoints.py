@@ -29,7 +29,7 @@ class NonFiniteError(FloatingPointError):
 RESUMABLE_KEYS = ('train.num_steps', 'train.log_every', 'train.eval_every',
                   'train.checkpoint_every', 'train.keep_checkpoints', 'train.nonfinite',
                   'train.steps_per_call', 'train.divergence_gap', 'train.divergence_energy',
-                  'eval.', 'data.data_dir', 'data.download')
+                  'train.init_from', 'eval.', 'data.data_dir', 'data.download')
 
 
 def open_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
@@ -161,3 +161,44 @@ def restore(manager: ocp.CheckpointManager, state: train.BiboundState, rng: jax.
                           f'cannot be restored ({type(e).__name__}: {str(e)[:300]}). '
                           f'{_fallback(manager, step)}') from e
   return restored['state'], jax.random.wrap_key_data(restored['rng'])
+
+
+def _shapes(tree_or_dir) -> list[tuple]:
+  """Sorted (shape, dtype) of every array in a state tree or in a checkpoint directory."""
+  if isinstance(tree_or_dir, str):
+    metadata = ocp.StandardCheckpointer().metadata(os.path.join(tree_or_dir, 'train'))
+    tree_or_dir = getattr(metadata, 'item_metadata', metadata)
+  else:
+    tree_or_dir = {**tree_or_dir, 'rng': jax.random.key_data(tree_or_dir['rng'])}
+  return sorted((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(tree_or_dir))
+
+
+def warm_start(spec: str, state: train.BiboundState, rng: jax.Array, config):
+  """(state, rng, step, differences) from `spec` = 'DIR' or 'DIR@STEP': another run's checkpoint.
+
+  Unlike `restore`, the config may differ from the saved one; `differences` lists the keys
+  that do (outside RESUMABLE_KEYS). The state must keep its shapes: a different network or a
+  bound that adds a network is a CheckpointError naming the differing keys."""
+  directory, _, step = spec.partition('@')
+  if not os.path.isdir(os.path.join(directory, 'checkpoints')):
+    raise CheckpointError(f'config.train.init_from = {spec!r}: {directory}/checkpoints does not '
+                          "exist. Use the workdir of a trained run, 'DIR' or 'DIR@STEP'.")
+  try:
+    step = int(step) if step else None
+  except ValueError:
+    raise CheckpointError(f'config.train.init_from = {spec!r}: {step!r} is not an iteration; '
+                          "use 'DIR' or 'DIR@STEP'.") from None
+  manager = open_manager(directory, read_only=True)
+  try:
+    step = choose_step(manager, step)
+    differences = config_differences(saved_config(manager, step), config.to_dict())
+    if _shapes(step_dir(manager, step)) != _shapes({'state': state, 'rng': rng}):
+      raise CheckpointError(
+          f'config.train.init_from = {spec!r}: the arrays of checkpoint '
+          f'{step_dir(manager, step)} do not have the shapes of this config\'s state (a '
+          'different network, number of seeds or bound network). Keys that differ:\n  '
+          + '\n  '.join(differences or ['none']))
+    restored = restore(manager, state, rng, step)
+  finally:
+    manager.close()
+  return (*restored, step, differences)

@@ -195,7 +195,12 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
     state, rng = restored
     logging.info('Resumed from %s at step %d.', manager.directory, train.iteration(state))
     history.truncate(workdir, train.iteration(state))
-  elif tensorboard is not None:
+  elif config.train.init_from:
+    state, rng, from_step, differences = checkpoints.warm_start(
+        config.train.init_from, state, rng, config)
+    logging.info('Warm start from %s (iteration %d); config changes: %s.',
+                 config.train.init_from, from_step, '; '.join(differences) or 'none')
+  if restored is None and tensorboard is not None:
     tensorboard.write_hparams({k: str(v) for k, v in
                                checkpoints.flatten(config.to_dict()).items()})
   start = train.iteration(state)

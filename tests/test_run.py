@@ -175,6 +175,22 @@ def test_checkpoint_restore_and_resume_match_an_uninterrupted_run(tmp_path):
   with open(tmp_path / 'a' / 'metrics.jsonl') as f:
     steps = [json.loads(line)['step'] for line in f]
   assert steps == [5, 10, 15, 20, 25, 30]
+  # A warm start from 'a' at 10 (another workdir) takes its state, key and iteration: it
+  # lands where the run it copies landed at 20.
+  warm = run.train_and_evaluate(small_config(num_steps=20, init_from=f'{tmp_path / "a"}@10'),
+                                str(tmp_path / 'c'))
+  assert train.iteration(warm) == 20
+  jax.tree.map(np.testing.assert_array_equal, _params(warm), saved)
+  with open(tmp_path / 'c' / 'metrics.jsonl') as f:
+    assert [json.loads(line)['step'] for line in f] == [15, 20]
+  # A state of other shapes is refused before any training, naming the key that differs.
+  wider = small_config(num_steps=20, init_from=str(tmp_path / 'a'))
+  wider.model.energy.hidden = (16, 16)
+  with pytest.raises(checkpoints.CheckpointError, match='model.energy.hidden'):
+    run.train_and_evaluate(wider, str(tmp_path / 'd'))
+  with pytest.raises(checkpoints.CheckpointError, match='DIR@STEP'):
+    run.train_and_evaluate(small_config(init_from=str(tmp_path / 'nothing')),
+                           str(tmp_path / 'e'))
 
 
 @pytest.mark.parametrize('variant', ['', 'authors'])
