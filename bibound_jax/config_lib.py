@@ -63,13 +63,13 @@ def validate_config(config, datasets: Iterable[str], extra_positive: Iterable[st
   choice(config, 'model.energy.name', models.ENERGIES)
   choice(config, 'model.generator.name', models.GENERATORS)
   positive(config, 'optim.energy_steps', 'train.num_seeds', 'train.batch_size',
-           'train.num_steps', 'train.log_every', 'train.eval_every', 'train.checkpoint_every',
+           'train.num_steps', 'train.log_every', 'train.checkpoint_every',
            'train.keep_checkpoints', 'train.steps_per_call', 'train.divergence_gap',
            'train.divergence_energy', 'optim.lr_energy', 'optim.lr_generator',
            'optim.lr_mi_net', 'model.generator.latent_dim', 'eval.num_samples',
            *extra_positive)
-  positive(config, 'bounds.lambda_h', 'optim.grad_clip', 'optim.b1', 'optim.b2', 'optim.eps',
-           allow_zero=True)
+  positive(config, 'train.eval_every', 'bounds.lambda_h', 'optim.grad_clip', 'optim.b1',
+           'optim.b2', 'optim.eps', allow_zero=True)
   if not (0 <= config.optim.b1 < 1 and 0 <= config.optim.b2 < 1):
     raise ConfigError('config.optim.b1 and config.optim.b2 must lie in [0, 1).')
   positive(config, 'optim.lr_final_fraction')

@@ -56,7 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.batch_size = 200
   config.train.num_steps = 150_000
   config.train.log_every = 500
-  config.train.eval_every = 10_000
+  config.train.eval_every = 10_000       # 0: no evaluation (score checkpoints later with
+                                         # python -m experiments.evaluate)
   config.train.checkpoint_every = 10_000
   config.train.keep_checkpoints = 3
   # Warm start: 'DIR' or 'DIR@STEP' (default: its latest checkpoint) of another run. A fresh

@@ -143,7 +143,8 @@ def chunk_length(step: int, config) -> int:
   if k <= 1 or step + k > config.train.num_steps:
     return 1
   for every in (config.train.log_every, config.train.eval_every, config.train.checkpoint_every):
-    if (step + k - 1) // every > step // every:   # a multiple of `every` in (step, step + k)
+    # a multiple of `every` in (step, step + k); every = 0 (eval_every: never) has none
+    if every and (step + k - 1) // every > step // every:
       return 1
   return k
 
@@ -162,7 +163,7 @@ def _report_expected_time(measured_from, step: int, state, config):
   jax.block_until_ready(state)
   per_iteration = (time.time() - start_time) / (step - start_step)
   remaining = config.train.num_steps - step
-  evaluations = remaining // config.train.eval_every + 1
+  evaluations = remaining // config.train.eval_every + 1 if config.train.eval_every else 0
   logging.info('Measured %.3g s per iteration after compilation: the remaining %d iterations '
                'will take about %s, plus %d evaluation(s).', per_iteration, remaining,
                _duration(per_iteration * remaining), evaluations)
@@ -220,7 +221,7 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
   steps_fn = (train.make_train_steps(config, steps_per_call, mesh=mesh)
               if steps_per_call > 1 else None)
   batch_at = task.batches(config, mesh, start)
-  evaluator = task.evaluator(config, nets)
+  evaluator = task.evaluator(config, nets) if config.train.eval_every else None
   num_steps = config.train.num_steps
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   hooks = [report] if is_chief else []
@@ -255,7 +256,8 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
       for hook in hooks:
         hook(step)
       log_now = step % config.train.log_every == 0 or step == num_steps
-      eval_now = step % config.train.eval_every == 0 or step == num_steps
+      eval_now = evaluator is not None and (step % config.train.eval_every == 0
+                                            or step == num_steps)
       save_now = (step % config.train.checkpoint_every == 0 or step == num_steps
                   or preempted.signal is not None)
       if (log_now or eval_now or save_now) and config.train.nonfinite == 'stop':

@@ -24,7 +24,7 @@ def small_config(**train):
   cfg.train.batch_size = 64
   cfg.train.num_steps = 20
   cfg.train.log_every = 5
-  cfg.train.eval_every = 1000
+  cfg.train.eval_every = 0   # no evaluation; the tests of evaluation set it
   cfg.train.checkpoint_every = 10
   # One compiled step per run (a chunk of several is its own program, tested on its own).
   cfg.train.steps_per_call = 1
@@ -67,6 +67,7 @@ def test_command_line_errors_name_the_key():
     ('bounds.sv.estimator', 'power', r'config.bounds.sv.estimator.*lobpcg'),
     ('train.batch_size', -4, r'config.train.batch_size = -4.*> 0'),
     ('bounds.gp.margin', -1.0, r'config.bounds.gp.margin.*>= 0'),
+    ('train.eval_every', -5, r'config.train.eval_every = -5.*>= 0'),
     ('bounds.sv.num_latents', 7, r'config.bounds.sv.num_latents = 7 must be 0 .* divisor'),
     ('model.energy.depth', 3,
      r'config.model.energy has key\(s\) depth .* its keys: confine, confine_radius, freq_dim'),
@@ -175,6 +176,7 @@ def test_checkpoint_restore_and_resume_match_an_uninterrupted_run(tmp_path):
   with open(tmp_path / 'a' / 'metrics.jsonl') as f:
     steps = [json.loads(line)['step'] for line in f]
   assert steps == [5, 10, 15, 20, 25, 30]
+  assert not (tmp_path / 'a' / 'eval').exists()   # train.eval_every = 0: never evaluated
   # A warm start from 'a' at 10 (another workdir) takes its state, key and iteration: it
   # lands where the run it copies landed at 20.
   warm = run.train_and_evaluate(small_config(num_steps=20, init_from=f'{tmp_path / "a"}@10'),
@@ -199,7 +201,8 @@ def test_the_flow_never_folds_and_keeps_the_lower_bound_the_mlp_folds(tmp_path, 
   authors' BatchNorm MLP: the flow has no latent with det J < 0 and its L_lo stays below the
   NLL; the MLP folds the plane from the start (docs/bounds.md, "The injectivity assumption")."""
   cfg = toy.get_config(variant)
-  cfg.train.update(batch_size=64, num_steps=200, eval_every=200, checkpoint_every=200)
+  cfg.train.update(batch_size=64, num_steps=200, eval_every=200, checkpoint_every=200,
+                   steps_per_call=1)   # one program: a chunk of 10 is a second compilation
   cfg.eval.update(num_samples=2000, gp_samples=500, grid_spacing=0.05)
   run.train_and_evaluate(cfg, str(tmp_path))
   with open(tmp_path / 'eval' / 'metrics_200.json') as f:
@@ -214,7 +217,7 @@ def test_the_flow_never_folds_and_keeps_the_lower_bound_the_mlp_folds(tmp_path, 
 
 @pytest.mark.parametrize('preset', ['sv+gp', 'mi+diff'])
 def test_evaluation_writes_figures_json_and_arrays(tmp_path, preset):
-  cfg = small_config(num_steps=10)
+  cfg = small_config(num_steps=10, eval_every=1000)   # evaluated at the end only
   assert common.apply_preset(cfg, preset)
   cfg.eval.grid_spacing = 0.01
   run.train_and_evaluate(cfg, str(tmp_path))
