@@ -6,7 +6,7 @@
       and on a 1-device mesh with the same global batch; save both parameter sets.
   python tests/multidevice_worker.py train WORKDIR OUT.npz [COORDINATOR NUM_PROCESSES PROCESS_ID]
       run the full loop for $MD_STEPS (default 10) iterations, optionally as one process of a
-      jax.distributed cluster, and save the final parameters.
+      jax.distributed cluster, and save the final parameters ($MD_EVAL=0: no evaluation).
 """
 import os
 import sys
@@ -84,7 +84,10 @@ def main(argv):
     if len(argv) > 4:
       sharding.initialize_distributed(argv[4], int(argv[5]), int(argv[6]))
     from experiments import run
-    state = run.train_and_evaluate(small_config(int(os.environ.get('MD_STEPS', '10'))), argv[2])
+    cfg = small_config(int(os.environ.get('MD_STEPS', '10')))
+    if os.environ.get('MD_EVAL') == '0':
+      cfg.train.eval_every = 0
+    state = run.train_and_evaluate(cfg, argv[2])
     np.savez(argv[3], **flat_params(state))
 
 

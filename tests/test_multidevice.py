@@ -27,8 +27,8 @@ def _env(devices, steps=10):
   return env
 
 
-def _run(args, devices, timeout=600):
-  proc = subprocess.run([sys.executable, WORKER, *args], cwd=REPO, env=_env(devices),
+def _run(args, devices, timeout=600, **env):
+  proc = subprocess.run([sys.executable, WORKER, *args], cwd=REPO, env={**_env(devices), **env},
                         capture_output=True, text=True, timeout=timeout)
   assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -58,10 +58,12 @@ def test_four_devices_give_the_parameters_of_one_device(tmp_path):
 
 
 def test_checkpoint_saved_on_four_devices_restores_on_one(tmp_path):
-  _run(['train', str(tmp_path / 'w4'), str(tmp_path / 'p4.npz')], devices=4)
+  # Parameters only: the evaluation on several devices is the two-process test's.
+  _run(['train', str(tmp_path / 'w4'), str(tmp_path / 'p4.npz')], devices=4, MD_EVAL='0')
   saved = dict(np.load(tmp_path / 'p4.npz'))
   # This process has one device: the checkpoint restores exactly onto it ...
   cfg = worker.small_config(20)
+  cfg.train.eval_every = 0
   _, template, rng = assemble.abstract_state(cfg)
   manager = checkpoints.open_manager(str(tmp_path / 'w4'), read_only=True)
   restored, _ = checkpoints.restore(manager, template, rng, config=cfg)
