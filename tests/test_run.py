@@ -112,6 +112,8 @@ def test_chunk_length_never_skips_an_event():
   assert cfg.train.steps_per_call == 10
   assert run.chunk_length(0, cfg) == 10 and run.chunk_length(490, cfg) == 10
   assert run.chunk_length(495, cfg) == 1 and run.chunk_length(149_995, cfg) == 1
+  cfg.train.update(eval_every=0, log_every=20)   # no evaluation: the other events still count
+  assert [run.chunk_length(s, cfg) for s in (0, 10, 15)] == [10, 10, 1]
   cfg.train.steps_per_call = 1
   assert run.chunk_length(0, cfg) == 1
 
