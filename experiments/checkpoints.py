@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
@@ -166,8 +167,9 @@ def restore(manager: ocp.CheckpointManager, state: train.BiboundState, rng: jax.
 def _shapes(tree_or_dir) -> list[tuple]:
   """Sorted (shape, dtype) of every array in a state tree or in a checkpoint directory."""
   if isinstance(tree_or_dir, str):
-    metadata = ocp.StandardCheckpointer().metadata(os.path.join(tree_or_dir, 'train'))
-    tree_or_dir = getattr(metadata, 'item_metadata', metadata)
+    metadata = ocp.StandardCheckpointHandler().metadata(
+        epath.Path(os.path.join(tree_or_dir, 'train')))
+    tree_or_dir = getattr(metadata, 'tree', metadata)
   else:
     tree_or_dir = {**tree_or_dir, 'rng': jax.random.key_data(tree_or_dir['rng'])}
   return sorted((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(tree_or_dir))
