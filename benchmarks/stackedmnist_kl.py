@@ -46,7 +46,6 @@ def _confidence_row(name, probs):
 
 def confidence(paths, classifier_path):
   import jax
-  from bibound_jax.data import mnist as mnist_data
   from bibound_jax.metrics import mnist_classifier as clf
   params = clf.load_classifier(classifier_path)
   probs_of = jax.jit(lambda x: jax.nn.softmax(clf.classifier_apply(params, x), -1))
@@ -64,7 +63,7 @@ def confidence(paths, classifier_path):
       for seed, images in zip(data['seeds'], data['images']):
         _confidence_row(f'{path} seed {seed}',
                         probs(np.moveaxis(images, -1, 1).reshape(-1, 28, 28)))
-  test_x, _, _ = mnist_data.load_mnist('test', source='embedded')
+  test_x, _, _ = mnist.load_mnist('test', source='embedded')
   _confidence_row(f'real digits (embedded test set, {len(test_x)})', probs(np.asarray(test_x)))
 
 
