@@ -255,11 +255,14 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
       buffer.append((n, metrics))
       for hook in hooks:
         hook(step)
+      # Read the preemption flag once: a signal that lands while this iteration logs or
+      # evaluates must not skip the save and then stop (it is handled after the next call).
+      stopping = preempted.signal
       log_now = step % config.train.log_every == 0 or step == num_steps
       eval_now = evaluator is not None and (step % config.train.eval_every == 0
                                             or step == num_steps)
       save_now = (step % config.train.checkpoint_every == 0 or step == num_steps
-                  or preempted.signal is not None)
+                  or stopping is not None)
       if (log_now or eval_now or save_now) and config.train.nonfinite == 'stop':
         # Nothing is written or evaluated after a NaN: the check sees every iteration.
         check_finite(buffer, buffer_start, manager, seeds)
@@ -287,9 +290,9 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
       if save_now:
         with report.timed('checkpoint'):
           checkpoints.save(manager, state, rng, config)
-      if preempted.signal is not None:
+      if stopping is not None:
         logging.warning('%s received: saved checkpoint %s at iteration %d. Rerun the same '
-                        'command to resume.', preempted.signal,
+                        'command to resume.', stopping,
                         checkpoints.step_dir(manager, step), step)
         break
   manager.close()

@@ -14,6 +14,7 @@ import pytest
 from bibound_jax import train
 from bibound_jax.data import toy as toy_data
 from experiments import checkpoints
+from experiments import history
 from experiments import run
 from test_run import REPO, _params, small_config
 
@@ -72,6 +73,22 @@ def test_sigterm_saves_the_current_step_and_exits_zero(tmp_path):
   assert match, err[-3000:]
   steps = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit())
   assert steps == [int(match.group(1))] and steps[0] >= 50
+
+
+def test_sigterm_during_logging_still_saves_before_stopping(tmp_path, monkeypatch):
+  # The signal lands after the iteration decided not to checkpoint (while it logs): the run
+  # must not stop there without a checkpoint; it saves after the next iteration.
+  real = history.append_metrics
+
+  def append_then_signal(workdir, step, scalars):
+    real(workdir, step, scalars)
+    if step == 10:
+      os.kill(os.getpid(), signal.SIGTERM)
+  monkeypatch.setattr(history, 'append_metrics', append_then_signal)
+  cfg = small_config(num_steps=40, checkpoint_every=1000)
+  state = run.train_and_evaluate(cfg, str(tmp_path))
+  steps = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit())
+  assert train.iteration(state) == 11 and steps == [11]
 
 
 def test_partial_checkpoint_is_never_picked_as_latest(tmp_path):
