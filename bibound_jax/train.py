@@ -13,7 +13,8 @@ from the reported values). `lower` and `upper` are the bound instances that conf
 
 Keys: iteration t uses fold_in(rng, t), split into the energy updates' and the generator
 update's keys. An energy update draws its latents and gives the upper bound its key, and the
-lower bound's sample noise fold_in(key, 3); the generator update splits its key into the sample
+lower bound's sample noise fold_in(key, 3) and data noise fold_in(key, 4) (`LowerBound.data`);
+the generator update splits its key into the sample
 noise (shared with the MI network's update) and the lower bound's key.
 """
 from __future__ import annotations
@@ -119,6 +120,7 @@ def energy_loss(e_params, state: BiboundState, x_data, z, key, lower, upper):
   gen = Generator(state.generator)
   x_fake, _ = lower.samples(gen, gen.params, z, jax.random.fold_in(key, 3))
   x_fake = sg(x_fake)
+  x_data = lower.data(gen, gen.params, x_data, jax.random.fold_in(key, 4))
   e_real, e_fake = energy_fn(x_data), energy_fn(x_fake)
   inputs = base.EnergyInputs(
       energy_fn=energy_fn, energy_t_fn=lambda x, t: apply_fn({'params': e_params}, x, t),

@@ -133,6 +133,26 @@ def test_mi_and_diffusion_pairings(lower, upper, extra):
                                cfg.bounds.diff.weight * float(metrics['dsm']), rtol=1e-5)
 
 
+def test_mi_noise_data_shows_the_energy_the_data_with_the_samples_noise():
+  """bounds.mi.noise_data: E(x_data) in loss_E is taken at x_data + sigma eps (the data noise
+  key fold_in(key, 4)); without it, at x_data."""
+  x = jax.random.normal(jax.random.key(4), (32, 2))
+  z = jax.random.normal(jax.random.key(3), (32, 2))
+  key = jax.random.key(5)
+  seen = []
+  for noise_data in (False, True):
+    cfg, state = _setup(lower='mi', upper='gp', mi={'sigma': 0.3, 'noise_data': noise_data})
+    state = assemble.seed_slice(state, 0)
+    _, (metrics, _) = train.energy_loss(state.energy.params, state, x, z, key,
+                                        *bounds.from_config(cfg))
+    energy = lambda y: state.energy.apply_fn({'params': state.energy.params}, y)
+    noisy = x + 0.3 * jax.random.normal(jax.random.fold_in(key, 4), x.shape)
+    np.testing.assert_allclose(float(metrics['energy_real']),
+                               float(jnp.mean(energy(noisy if noise_data else x))), rtol=1e-5)
+    seen.append(float(metrics['energy_real']))
+  assert seen[0] != seen[1]
+
+
 def test_diffusion_builds_a_time_conditioned_energy_or_says_why_not():
   """The diffusion bound asks for E(x, t): the toy MLP becomes TimeMLPEnergy; the 28x28 CNN
   has no time-conditioned variant, which validation names."""

@@ -101,6 +101,12 @@ class LowerBound(Bound):
     del key
     return generator.sample(params, z)
 
+  def data(self, generator, params, x_data: Array, key: Array) -> Array:
+    """The data the energy compares the samples with: x_data itself, unless the bound's model
+    of the data differs (the MI bound's noisy data, `bounds.mi.noise_data`)."""
+    del generator, params, key
+    return x_data
+
   def entropy(self, inputs: GeneratorInputs) -> tuple[Array | None, dict]:
     """(term, metrics): the term multiplied by lambda_H in loss_G, equal to the entropy lower
     bound up to a constant, differentiable in the generator parameters (None: no entropy term);

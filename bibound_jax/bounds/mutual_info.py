@@ -167,10 +167,13 @@ class MIBound(base.LowerBound):
 
   Config: estimator ('ba' | 'infonce' | 'jsd'); hidden (the MI network's widths); lr (its
   learning rate); sigma (the output noise), learned when learn_sigma (sigma = floor + exp(p), a
-  parameter of the generator; models/noisy.py) with floor sigma_floor."""
+  parameter of the generator; models/noisy.py) with floor sigma_floor; noise_data: the energy
+  sees the data with the same noise, x_data + sigma eps, so both sides of loss_E live in the
+  same sigma-blurred space and the model is one of the blurred data p_data * N(0, sigma^2 I)
+  (docs/bounds.md, "The MI entropy bound")."""
   name = 'mi'
   DEFAULTS = dict(estimator='ba', hidden=(100, 100), lr=2e-4, sigma=0.05, learn_sigma=False,
-                  sigma_floor=0.01)
+                  sigma_floor=0.01, noise_data=False)
 
   @classmethod
   def validate(cls, config) -> None:
@@ -197,6 +200,12 @@ class MIBound(base.LowerBound):
   def samples(self, generator, params, z, key):
     x, stats = generator.sample(params, z)
     return add_output_noise(x, self.sigma(generator, params), key), stats
+
+  def data(self, generator, params, x_data, key):
+    """x_data + sigma eps with noise_data (sigma held fixed here: only the energy sees it)."""
+    if not self.section.noise_data:
+      return x_data
+    return add_output_noise(x_data, sg(self.sigma(generator, params)), key)
 
   def _apply(self, mi_net):
     return lambda p, *args: mi_net.apply_fn({'params': p}, *args)
