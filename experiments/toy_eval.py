@@ -139,8 +139,7 @@ class ToyEvaluator(evaluation.Evaluator):
     h_exact = entropy.gaussian_entropy(d) + float(np.mean(exact))
     h_est = entropy.gaussian_entropy(d) + float(np.mean(estimate))
     gp = float(self._gp(e_params, gen, noise.gp_z, noise.gp_probes))
-    weight = float(gradient_penalty.gp_weight(train.iteration(state), cfg.bounds.gp.weight,
-                                              cfg.bounds.gp.schedule))
+    weight = float(gradient_penalty.scheduled_weight(cfg, train.iteration(state)))
     upper_term = max(weight * gp - cfg.bounds.gp.margin, 0.0)
     nll = e_data + log_z
     lower = e_data - e_fake + h_exact
