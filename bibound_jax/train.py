@@ -12,10 +12,10 @@ from the reported values). `lower` and `upper` are the bound instances that conf
 (bibound_jax/bounds/__init__.py); the step calls them and never looks at their names.
 
 Keys: iteration t uses fold_in(rng, t), split into the energy updates' and the generator
-update's keys. An energy update draws its latents and gives the upper bound its key, and the
-lower bound's sample noise fold_in(key, 3) and data noise fold_in(key, 4) (`LowerBound.data`);
-the generator update splits its key into the sample
-noise (shared with the MI network's update) and the lower bound's key.
+update's keys. An energy update draws its latents and gives the upper bound its key, the lower
+bound's sample noise fold_in(key, 3) and its data noise fold_in(key, 4) (`LowerBound.data`);
+the generator update splits its key into the sample noise (shared with the MI network's
+update) and the lower bound's key.
 """
 from __future__ import annotations
 

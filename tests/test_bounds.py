@@ -73,6 +73,11 @@ def test_only_the_chosen_bounds_sections_are_checked():
   cfg.bounds.sv.estimator = 'power'
   with pytest.raises(config_checks.ConfigError, match='bounds.sv.estimator'):
     bounds.validate(cfg)
+  # A decay horizon without the decaying schedule would silently do nothing.
+  cfg = toy.get_config('authors')
+  cfg.bounds.gp.update(schedule='constant', decay_horizon=30_000)
+  with pytest.raises(config_checks.ConfigError, match="decay_horizon = 30000.*'constant'"):
+    bounds.validate(cfg)
 
 
 def test_network_options_ask_for_what_each_bound_needs():

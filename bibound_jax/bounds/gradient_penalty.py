@@ -109,6 +109,12 @@ class GPBound(base.UpperBound):
     config_checks.choice(config, 'bounds.gp.schedule', ('constant', 'decay'))
     config_checks.positive(config, 'bounds.gp.weight', 'bounds.gp.margin',
                            'bounds.gp.decay_horizon', allow_zero=True)
+    s = config.bounds.gp
+    if s.decay_horizon and s.schedule != 'decay':
+      raise config_checks.ConfigError(
+          f"config.bounds.gp.decay_horizon = {s.decay_horizon} stretches the 'decay' schedule, "
+          f"but config.bounds.gp.schedule = {s.schedule!r}: set the schedule to 'decay' or the "
+          'horizon to 0.')
     entropy.JacobianTerms.validate(config)
 
   def term(self, inputs: base.EnergyInputs):
