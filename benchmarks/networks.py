@@ -29,12 +29,32 @@ def get_config(network: str, preset: str):
 
 
 def apply_overrides(cfg, items) -> None:
-  """Apply 'dotted.key=value' overrides (values parsed as JSON unless the key holds a str)."""
-  import json
+  """Apply 'dotted.key=value' overrides: the value is read as the type the key holds (a bool
+  as true/false in any case, numbers and tuples as Python or JSON literals, a str as is)."""
+  import ast
   for item in items:
-    key, value = item.split('=', 1)
+    key, sep, value = item.partition('=')
     *path, name = key.split('.')
     node = cfg
-    for part in path:
-      node = node[part]
-    node[name] = value if isinstance(node[name], str) else type(node[name])(json.loads(value))
+    try:
+      for part in path:
+        node = node[part]
+      old = node[name]
+    except (KeyError, AttributeError):
+      raise ValueError(f'--set={item}: the config has no key {key!r}.') from None
+    if isinstance(old, str) or old is None:
+      node[name] = value
+      continue
+    try:
+      if isinstance(old, bool):
+        if value.lower() not in ('true', 'false'):
+          raise ValueError
+        parsed = value.lower() == 'true'
+      else:
+        parsed = ast.literal_eval({'true': 'True', 'false': 'False'}.get(value, value))
+        if isinstance(old, int) and not isinstance(parsed, int):
+          raise ValueError
+      node[name] = type(old)(parsed)
+    except (ValueError, SyntaxError, TypeError):
+      raise ValueError(f'--set={item}: {key} is of type {type(old).__name__} (now {old!r}) '
+                       f'and {value!r} does not read as one.') from None

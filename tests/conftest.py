@@ -57,3 +57,15 @@ def mlp_fn(params, z):
 def x64():
   with jax.enable_x64(True):
     yield
+
+
+@pytest.fixture
+def xla_optimised():
+  """XLA's optimisations on, as in real runs, for a test whose property holds bit for bit only
+  there (the optimised build compiles a loop nested in another loop as it compiles it alone)."""
+  disabled = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', False)
+  try:
+    yield
+  finally:
+    jax.config.update('jax_disable_most_optimizations', disabled)

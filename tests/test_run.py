@@ -130,9 +130,12 @@ def test_nonfinite_inside_a_chunk_names_its_iteration(tmp_path):
   manager.close()
 
 
-def test_steps_per_call_gives_the_run_of_single_steps(tmp_path, monkeypatch):
+def test_steps_per_call_gives_the_run_of_single_steps(tmp_path, monkeypatch, xla_optimised):
   """Chunks of 4 (and single steps around each log/checkpoint at 10, 20): same parameters,
-  same logged metrics and checkpoints as one call per iteration."""
+  same logged metrics and checkpoints as one call per iteration. Under XLA's optimisations, as
+  runs compile: without them the spectral norm's power-iteration loop inside the chunk's scan
+  rounds differently in the last bit, and this config's entropy gradient amplifies that
+  10-100x per step (tests/multidevice_worker.py)."""
   chunk_calls = []
   make = run.train.make_train_steps
 
@@ -259,3 +262,19 @@ def test_tensorboard_files_are_written_without_tensorflow_and_read_back(tmp_path
   texts = [v.tensor.string_val[0].decode() for e in events for v in e.summary.value
            if v.HasField('tensor')]
   assert texts and '| seed | 3 |' in texts[0]
+
+
+def test_benchmark_overrides_read_the_type_the_key_holds():
+  from benchmarks import networks
+  cfg = toy.get_config()
+  networks.apply_overrides(cfg, ['bounds.diff.importance_sampling=True', 'bounds.gp.weight=0.7',
+                                 'train.num_steps=60000', 'model.energy.hidden=(32, 32)',
+                                 'bounds.sv.share_vectors=false'])
+  assert cfg.bounds.diff.importance_sampling is True and cfg.bounds.gp.weight == 0.7
+  assert cfg.train.num_steps == 60000 and tuple(cfg.model.energy.hidden) == (32, 32)
+  assert cfg.bounds.sv.share_vectors is False
+  for item, message in (('bounds.diff.importance_sampling=yes', 'is of type bool'),
+                        ('train.num_steps=2.5', 'is of type int'),
+                        ('bounds.gp.wieght=1', "no key 'bounds.gp.wieght'")):
+    with pytest.raises(ValueError, match=message):
+      networks.apply_overrides(cfg, [item])

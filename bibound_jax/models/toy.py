@@ -22,22 +22,30 @@ class SNDense(nn.Module):
 
   Stateless: sigma = u^T W v from `power_iters` power iterations started at a fixed vector,
   with u and v held fixed in the backward pass (as PyTorch's spectral_norm does). The authors'
-  toy energies use spectral norm on every layer.
+  toy energies use spectral norm on every layer. The iterations run in a `lax.fori_loop`: the
+  same arithmetic as the unrolled loop (bit for bit in the optimised build), a graph a tenth
+  of the size (docs/performance.md, "Spectral norm in a loop").
   """
   features: int
   power_iters: int = 10
 
   @nn.compact
   def __call__(self, x):
+    if self.power_iters < 1:
+      raise ValueError(f'power_iters must be >= 1, got {self.power_iters}.')
     kernel = self.param('kernel', nn.initializers.lecun_normal(), (x.shape[-1], self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     w = jax.lax.stop_gradient(kernel)
-    v = jnp.ones((self.features,), kernel.dtype) / math.sqrt(self.features)
-    for _ in range(self.power_iters):
-      u = w @ v
+
+    def power_iteration(_, uv):
+      u = w @ uv[1]
       u = u / (jnp.linalg.norm(u) + 1e-12)
       v = w.T @ u
-      v = v / (jnp.linalg.norm(v) + 1e-12)
+      return u, v / (jnp.linalg.norm(v) + 1e-12)
+
+    v0 = jnp.ones((self.features,), kernel.dtype) / math.sqrt(self.features)
+    u, v = jax.lax.fori_loop(0, self.power_iters, power_iteration,
+                             (jnp.zeros((w.shape[0],), w.dtype), v0))
     sigma = u @ kernel @ v
     return x @ (kernel / sigma) + bias
 
