@@ -124,33 +124,3 @@ def test_authors_variant_restores_the_authors_networks():
   assert cfg.optim.lr_schedule == 'constant' and cfg.train.num_steps == 150_000
   config_lib.validate_config(cfg, ('25gaussians',))
 
-
-def _spline_by_gather(x, raw_widths, raw_heights, raw_derivs, bound):
-  """The spline with the bin's quantities gathered by index (take_along_axis): the reference
-  for the masked-sum selection of `flow.rq_spline`."""
-  xk, widths = flow._knots(raw_widths, bound)
-  yk, heights = flow._knots(raw_heights, bound)
-  one = jnp.ones(raw_derivs.shape[:-1] + (1,), raw_derivs.dtype)
-  derivs = jnp.concatenate([one, flow.MIN_DERIV + jax.nn.softplus(raw_derivs), one], axis=-1)
-  xc = jnp.clip(x, -bound, bound)
-  idx = jnp.clip(jnp.sum(xc[..., None] >= xk[..., 1:-1], axis=-1), 0, widths.shape[-1] - 1)
-  take = lambda a, i: jnp.take_along_axis(a, i[..., None], axis=-1)[..., 0]
-  x0, w, y0, h = take(xk, idx), take(widths, idx), take(yk, idx), take(heights, idx)
-  d0, d1 = take(derivs, idx), take(derivs, idx + 1)
-  s, xi = h / w, (xc - x0) / w
-  t = xi * (1.0 - xi)
-  y = y0 + h * (s * xi * xi + d0 * t) / (s + (d0 + d1 - 2.0 * s) * t)
-  return jnp.where(jnp.abs(x) < bound, y, x)
-
-
-def test_spline_and_its_gradients_equal_the_gathered_reference(x64):
-  k, n = 6, 500
-  keys = jax.random.split(jax.random.key(3), 4)
-  x = 3.5 * jax.random.uniform(keys[0], (n,), jnp.float64, -1.0, 1.0)
-  raws = (jax.random.normal(keys[1], (n, k), jnp.float64),
-          jax.random.normal(keys[2], (n, k), jnp.float64),
-          jax.random.normal(keys[3], (n, k - 1), jnp.float64))
-  for fn in (lambda f, x, *r: f(x, *r, 3.0),
-             jax.grad(lambda f, x, *r: jnp.sum(jnp.sin(f(x, *r, 3.0))), argnums=(1, 2, 3, 4))):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12),
-                 fn(flow.rq_spline, x, *raws), fn(_spline_by_gather, x, *raws))

@@ -56,15 +56,10 @@ def rq_spline(x: jax.Array, raw_widths: jax.Array, raw_heights: jax.Array,
   derivs = jnp.concatenate([one, MIN_DERIV + jax.nn.softplus(raw_derivs), one], axis=-1)
   inside = jnp.abs(x) < bound
   xc = jnp.clip(x, -bound, bound)
-  # The bin of x, as a one-hot mask over the K bins: selecting by a masked sum (exact: the
-  # other K - 1 terms are zeros) keeps gathers and their scatter transposes out of the graph,
-  # which holds this spline several times (G, its Jacobian, their derivatives).
-  k = widths.shape[-1]
-  idx = jnp.clip(jnp.sum(xc[..., None] >= xk[..., 1:-1], axis=-1), 0, k - 1)
-  onehot = (idx[..., None] == jnp.arange(k)).astype(x.dtype)
-  take = lambda a: jnp.sum(onehot * a, axis=-1)
-  x0, w, y0, h = take(xk[..., :-1]), take(widths), take(yk[..., :-1]), take(heights)
-  d0, d1 = take(derivs[..., :-1]), take(derivs[..., 1:])
+  idx = jnp.clip(jnp.sum(xc[..., None] >= xk[..., 1:-1], axis=-1), 0, widths.shape[-1] - 1)
+  take = lambda a, i: jnp.take_along_axis(a, i[..., None], axis=-1)[..., 0]
+  x0, w, y0, h = take(xk, idx), take(widths, idx), take(yk, idx), take(heights, idx)
+  d0, d1 = take(derivs, idx), take(derivs, idx + 1)
   s = h / w
   xi = (xc - x0) / w
   t = xi * (1.0 - xi)
