@@ -34,6 +34,8 @@ def apply_overrides(cfg, items) -> None:
   import ast
   for item in items:
     key, sep, value = item.partition('=')
+    if not sep:
+      raise ValueError(f'--set={item}: write KEY=VALUE, e.g. --set=bounds.gp.weight=0.7.')
     *path, name = key.split('.')
     node = cfg
     try:

@@ -123,4 +123,3 @@ def test_authors_variant_restores_the_authors_networks():
   assert cfg.model.energy.scale_param == 'linear' and cfg.model.energy.confine == 0.0
   assert cfg.optim.lr_schedule == 'constant' and cfg.train.num_steps == 150_000
   config_lib.validate_config(cfg, ('25gaussians',))
-

@@ -267,14 +267,15 @@ def test_tensorboard_files_are_written_without_tensorflow_and_read_back(tmp_path
 def test_benchmark_overrides_read_the_type_the_key_holds():
   from benchmarks import networks
   cfg = toy.get_config()
-  networks.apply_overrides(cfg, ['bounds.diff.importance_sampling=True', 'bounds.gp.weight=0.7',
+  networks.apply_overrides(cfg, ['bounds.diff.importance_sampling=False', 'bounds.gp.weight=0.7',
                                  'train.num_steps=60000', 'model.energy.hidden=(32, 32)',
-                                 'bounds.sv.share_vectors=false'])
-  assert cfg.bounds.diff.importance_sampling is True and cfg.bounds.gp.weight == 0.7
+                                 'bounds.sv.share_vectors=FALSE'])
+  assert cfg.bounds.diff.importance_sampling is False and cfg.bounds.gp.weight == 0.7
   assert cfg.train.num_steps == 60000 and tuple(cfg.model.energy.hidden) == (32, 32)
   assert cfg.bounds.sv.share_vectors is False
   for item, message in (('bounds.diff.importance_sampling=yes', 'is of type bool'),
                         ('train.num_steps=2.5', 'is of type int'),
-                        ('bounds.gp.wieght=1', "no key 'bounds.gp.wieght'")):
+                        ('bounds.gp.wieght=1', "no key 'bounds.gp.wieght'"),
+                        ('bounds.gp.weight', 'write KEY=VALUE')):
     with pytest.raises(ValueError, match=message):
       networks.apply_overrides(cfg, [item])
