@@ -39,14 +39,14 @@ def _wait_for(path, proc, timeout=240):
 
 
 def test_kill_minus_9_then_resume_is_bit_identical(tmp_path):
-  args = ['--config.train.num_steps=600', '--config.train.checkpoint_every=100',
+  args = ['--config.train.num_steps=300', '--config.train.checkpoint_every=50',
           '--config.train.log_every=50', '--config.train.eval_every=0']
   proc = _start(tmp_path / 'a', *args)
-  _wait_for(tmp_path / 'a' / 'checkpoints' / '200', proc)
+  _wait_for(tmp_path / 'a' / 'checkpoints' / '100', proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   steps = sorted(int(s) for s in os.listdir(tmp_path / 'a' / 'checkpoints') if s.isdigit())
-  assert 200 <= steps[-1] < 600
+  assert 100 <= steps[-1] < 300
   resumed = _start(tmp_path / 'a', *args)
   _, err = resumed.communicate(timeout=600)
   assert resumed.returncode == 0, err[-3000:]
@@ -54,11 +54,11 @@ def test_kill_minus_9_then_resume_is_bit_identical(tmp_path):
   # The expected wall time of the rest, from the iterations measured after compilation.
   assert re.search(r'Measured \S+ s per iteration after compilation: the remaining \d+ '
                    r'iterations will take about [\d.]+ (min|h)', err), err[-2000:]
-  cfg = small_config(num_steps=600, checkpoint_every=100, log_every=50)
+  cfg = small_config(num_steps=300, checkpoint_every=50, log_every=50)
   straight = run.train_and_evaluate(cfg, str(tmp_path / 'b'))
   manager = checkpoints.open_manager(str(tmp_path / 'a'), read_only=True)
   restored, _ = checkpoints.restore(manager, straight, jax.random.split(jax.random.key(0), 1))
-  assert train.iteration(restored) == 600
+  assert train.iteration(restored) == 300
   jax.tree.map(np.testing.assert_array_equal, _params(restored), _params(straight))
 
 
