@@ -108,3 +108,21 @@ def test_grid_kl_matches_monte_carlo():
   assert kl_mc == pytest.approx(closed, abs=5 * se)
   assert kl_grid == pytest.approx(kl_mc, rel=0.02)
   assert kl_grid == pytest.approx(closed, rel=1e-3)
+
+
+def test_mode_wells_of_the_exact_energy_and_of_a_skewed_sharpened_one():
+  real = np.asarray(toy.sample('25gaussians', jax.random.key(0), 20_000))
+  exact = lambda x: -toy.log_density('25gaussians', x)
+  w = tm.mode_wells(exact, CENTRES, STD, real)
+  assert w['centre_spread'] == pytest.approx(0.0, abs=1e-9)       # equal mixture weights
+  for r in (0.5, 1.0, 2.0):
+    assert w[f'rise_{r:g}std'] == pytest.approx(r * r / 2, rel=1e-6)
+  assert w['real_above_centre'] == pytest.approx(np.log(2.0), abs=0.02)   # chi^2_2 / 2
+  # Ten times steeper wells, and mode k deeper by 3k nats: each reading moves by that much.
+  depth = 3.0 * np.arange(len(CENTRES))
+  skewed = lambda x: 10.0 * exact(x) - depth[np.argmin(
+      np.sum((x[:, None] - CENTRES[None]) ** 2, -1), -1)]
+  v = tm.mode_wells(skewed, CENTRES, STD, real)
+  assert v['centre_spread'] == pytest.approx(3.0 * 24)
+  assert v['rise_1std'] == pytest.approx(5.0, rel=1e-6)
+  assert v['real_above_centre'] == pytest.approx(10 * np.log(2.0), abs=0.2)

@@ -115,3 +115,33 @@ def grid_kl(log_p: np.ndarray, log_q: np.ndarray, cell_area: float) -> float:
   with np.errstate(invalid='ignore'):
     terms = np.where(p > 0, p * (lp - lq), 0.0)
   return float(max(np.sum(terms), 0.0))
+
+
+def mode_wells(energy_fn, centres: np.ndarray, std: float, real: np.ndarray,
+               radii_in_std=(0.5, 1.0, 2.0), directions: int = 8) -> dict:
+  """The shape of an energy's wells at the modes of a mixture of isotropic Gaussians.
+
+  With E_k = E(c_k) at the K mode centres:
+    centre_spread = max_k E_k - min_k E_k: exp(-E)/Z weighs mode k by about exp(-E_k) times its
+      well's volume, so a spread of s nats between equally wide wells puts e^-s times less mass
+      on the shallowest mode. 0 for equal mixture weights.
+    rise_<r>std = median over modes and `directions` unit vectors u of E(c_k + r std u) - E_k.
+      For -log p of the mixture (modes far apart): r^2 / 2.
+    real_above_centre = median over real samples x of E(x) - E(c_k(x)), k(x) the nearest mode.
+      For -log p: the median of chi^2_2 / 2, log 2 = 0.693.
+  `energy_fn` maps points (n, 2) to energies (n,).
+  """
+  centres = np.asarray(centres, np.float64).reshape(-1, 2)
+  real = np.asarray(real, np.float64).reshape(-1, 2)
+  at_centres = np.asarray(energy_fn(centres), np.float64)
+  angle = 2.0 * np.pi * np.arange(directions) / directions
+  unit = np.stack([np.cos(angle), np.sin(angle)], -1)
+  out = {'centre_spread': float(at_centres.max() - at_centres.min())}
+  for r in radii_in_std:
+    points = centres[:, None, :] + r * std * unit[None]
+    rise = np.asarray(energy_fn(points.reshape(-1, 2)), np.float64).reshape(len(centres), -1)
+    out[f'rise_{r:g}std'] = float(np.median(rise - at_centres[:, None]))
+  nearest = np.argmin(np.sum((real[:, None, :] - centres[None]) ** 2, -1), -1)
+  above = np.asarray(energy_fn(real), np.float64) - at_centres[nearest]
+  out['real_above_centre'] = float(np.median(above))
+  return out
