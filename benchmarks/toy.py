@@ -81,7 +81,7 @@ def results(preset: str, workdir: str) -> dict | None:
   per_seed = lambda record, key: history.seed_values(record, key, seeds)
   out = {'step': final['step'], 'wall_s': final.get('wall_s', float('nan'))}
   for key in ('modes_covered', 'hq_fraction', 'kl_data_model', 'nll', 'kl_gen_model',
-              'folded_fraction'):
+              'folded_fraction', 'mode_depth_spread'):
     if key in final:
       out[key] = per_seed(final, key)
   late = [h for h in evals if h['step'] >= FLAGS.sandwich_from]
@@ -111,6 +111,7 @@ def print_table(rows: dict) -> None:
   cols = [('modes_covered', 'modes (of 25)'), ('hq_fraction', 'high-quality'),
           ('kl_data_model', 'KL(data \\|\\| model)'), ('nll', 'NLL'),
           ('kl_gen_model', 'KL(p_g \\|\\| p_theta)'), ('folded_fraction', 'folded'),
+          ('mode_depth_spread', 'E spread over the modes'),
           ('max_abs_energy', 'max abs E'), ('max_gap', 'max E(fake)-E(real)')]
   cols = [(k, name) for k, name in cols if any(k in r for r in rows.values() if r)]
   print(f'\n{FLAGS.dataset}, {FLAGS.steps} iterations, seeds {FLAGS.seed}..'

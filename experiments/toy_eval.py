@@ -17,6 +17,9 @@ over-counts), and `lower_bound_fails`
 (L_lo > NLL, i.e. KL(p_g || p_theta) < 0), `upper_bound_fails` (NLL > L_up) and
 `estimator_above_exact` (the training estimator's entropy above the exact one: an unconverged
 iteration) are 1 where they happen; a warning names the seeds, and sandwich.png marks them.
+On 25 Gaussians, `mode_depth_spread` (max - min of E over the mode centres; 0 for the data) and
+`well_rise_1std` (E one mode-std from a centre minus E there; 0.5 for -log p_data) say whether
+exp(-E)/Z weighs the modes evenly and whether its wells have the data's width.
 
 Written to workdir/eval/: samples_<step>.png (+ samples.png, the latest; one row per seed),
 bounds.png, sandwich.png, metrics_<step>.json, history.json and toy_eval.npz (`grid` M x 2 with
@@ -169,6 +172,15 @@ class ToyEvaluator(evaluation.Evaluator):
                                     toy_data.mode_std(self.name))
       m['modes_covered'] = int(mm['modes_covered'])
       m['hq_fraction'] = float(mm['hq_fraction'])
+      # The wells of E at the modes: depth spread over the centres (0 for the data; s nats
+      # leave the shallowest mode e^-s of the deepest one's mass) and the rise at 1 mode-std
+      # (0.5 for -log p_data): docs/results.md, "What runs away is the relative depth".
+      wells = toy_metrics.mode_wells(lambda x: energy(np.asarray(x, np.float32)),
+                                     toy_data.mode_centres(self.name),
+                                     toy_data.mode_std(self.name), noise.x_data,
+                                     radii_in_std=(1.0,))
+      m['mode_depth_spread'] = wells['centre_spread']
+      m['well_rise_1std'] = wells['rise_1std']
     arrays = {'samples': samples.astype(np.float32), 'energy': energy_grid.astype(np.float32),
               'log_z': np.float32(log_z), 'x_data': noise.x_data}
     return m, arrays

@@ -243,6 +243,7 @@ def test_evaluation_writes_figures_json_and_arrays(tmp_path, preset):
   # In 2-D the lower bound with the exact entropy is below the quadrature NLL.
   assert m['lower_bound'] <= m['nll'] + 1e-3
   assert 0 <= m['modes_covered'] <= 25 and 0.0 <= m['hq_fraction'] <= 1.0
+  assert m['mode_depth_spread'] >= 0.0 and np.isfinite(m['well_rise_1std'])
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path))
 
 
