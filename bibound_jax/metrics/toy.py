@@ -129,19 +129,20 @@ def mode_wells(energy_fn, centres: np.ndarray, std: float, real: np.ndarray,
       For -log p of the mixture (modes far apart): r^2 / 2.
     real_above_centre = median over real samples x of E(x) - E(c_k(x)), k(x) the nearest mode.
       For -log p: the median of chi^2_2 / 2, log 2 = 0.693.
-  `energy_fn` maps points (n, 2) to energies (n,).
+  `energy_fn` maps points (n, 2) to energies (n,); it is called once.
   """
   centres = np.asarray(centres, np.float64).reshape(-1, 2)
   real = np.asarray(real, np.float64).reshape(-1, 2)
-  at_centres = np.asarray(energy_fn(centres), np.float64)
   angle = 2.0 * np.pi * np.arange(directions) / directions
   unit = np.stack([np.cos(angle), np.sin(angle)], -1)
+  rings = [(centres[:, None, :] + r * std * unit[None]).reshape(-1, 2) for r in radii_in_std]
+  energies = np.asarray(energy_fn(np.concatenate([centres, *rings, real])), np.float64)
+  at_centres, rest = energies[:len(centres)], energies[len(centres):]
   out = {'centre_spread': float(at_centres.max() - at_centres.min())}
-  for r in radii_in_std:
-    points = centres[:, None, :] + r * std * unit[None]
-    rise = np.asarray(energy_fn(points.reshape(-1, 2)), np.float64).reshape(len(centres), -1)
-    out[f'rise_{r:g}std'] = float(np.median(rise - at_centres[:, None]))
+  for r, ring in zip(radii_in_std, rings):
+    rise = rest[:len(ring)].reshape(len(centres), directions) - at_centres[:, None]
+    out[f'rise_{r:g}std'] = float(np.median(rise))
+    rest = rest[len(ring):]
   nearest = np.argmin(np.sum((real[:, None, :] - centres[None]) ** 2, -1), -1)
-  above = np.asarray(energy_fn(real), np.float64) - at_centres[nearest]
-  out['real_above_centre'] = float(np.median(above))
+  out['real_above_centre'] = float(np.median(rest - at_centres[nearest]))
   return out
