@@ -1,9 +1,9 @@
 """How deep and how steep a 25-Gaussians toy energy's wells are, against the data's own.
 
     python -m benchmarks.energy_wells --workdir=workdirs/bench_toy/25gaussians/mi_diff \
-        --preset=mi+diff --num_seeds=3
+        --preset=mi+diff
 
-Restores the latest checkpoint of a toy run (`configs/toy.py:<preset>`, `--num_seeds` seeds)
+Restores the latest checkpoint of a toy run (`configs/toy.py:<preset>`, all its seeds)
 and prints, per seed and as mean +- std, `bibound_jax.metrics.toy.mode_wells` of E(x)
 (E(x, 0) for a time-conditioned energy), next to the values for E = -log p_data:
 centre_spread (max - min of E over the 25 mode centres; 0 for the data's equal weights),
@@ -22,7 +22,8 @@ from absl import logging
 
 flags.DEFINE_string('workdir', None, 'The run directory holding checkpoints/.')
 flags.DEFINE_string('preset', 'sv+gp', 'configs/toy.py argument of the run.')
-flags.DEFINE_integer('num_seeds', 3, 'train.num_seeds of the run.')
+flags.DEFINE_integer('num_seeds', None, 'train.num_seeds of the run (default: the '
+                     "checkpoint's).")
 flags.mark_flag_as_required('workdir')
 FLAGS = flags.FLAGS
 
@@ -34,29 +35,24 @@ def main(argv):
   from bibound_jax import assemble
   from bibound_jax.data import toy as toy_data
   from bibound_jax.metrics import toy as toy_metrics
-  from configs import toy
-  from experiments import checkpoints
-  cfg = toy.get_config(FLAGS.preset)
+  from benchmarks import toy_checkpoint
+  cfg, nets, state, step = toy_checkpoint.restore(FLAGS.workdir, FLAGS.preset, FLAGS.num_seeds)
   if cfg.data.name != '25gaussians':
     raise app.UsageError(f'{FLAGS.preset!r} is not a 25gaussians config: the wells are measured '
                          'at its 25 mode centres.')
-  cfg.train.num_seeds = FLAGS.num_seeds
-  nets, abstract, rng = assemble.abstract_state(cfg)
-  manager = checkpoints.open_manager(FLAGS.workdir, read_only=True)
-  state, _ = checkpoints.restore(manager, abstract, rng)
   centres = toy_data.mode_centres('25gaussians')
   std = toy_data.mode_std('25gaussians')
   real = np.asarray(toy_data.sample('25gaussians', jax.random.key(0), 20_000))
   exact = toy_metrics.mode_wells(lambda x: -toy_data.log_density('25gaussians', x),
                                  centres, std, real)
   rows = []
-  for k in range(FLAGS.num_seeds):
+  for k in range(cfg.train.num_seeds):
     params = assemble.seed_slice(state, k).energy.params
     energy = jax.jit(lambda x, p=params: nets.energy.apply({'params': p}, x))
     rows.append(toy_metrics.mode_wells(lambda x, e=energy: e(np.asarray(x, np.float32)),
                                        centres, std, real))
   names = list(exact)
-  print(f'{FLAGS.workdir} (iteration {manager.latest_step()}), E in nats')
+  print(f'{FLAGS.workdir} (iteration {step}), E in nats')
   print('| seed | ' + ' | '.join(names) + ' |')
   print('| --- ' * (len(names) + 1) + '|')
   for seed, row in zip(assemble.seeds(cfg), rows):

@@ -1,9 +1,9 @@
 """Are a 2-D toy checkpoint's folded latents real, or float32 rounding? det J in both precisions.
 
     python -m benchmarks.fold_precision --workdir=workdirs/bench_toy/25gaussians/wgan_gp \
-        --preset=wgan_gp --num_seeds=3
+        --preset=wgan_gp
 
-Restores the latest checkpoint of a toy run (`configs/toy.py:<preset>`, `--num_seeds` seeds),
+Restores the latest checkpoint of a toy run (`configs/toy.py:<preset>`, all its seeds),
 and for 10,000 latents z ~ N(0, I) prints, per seed, the share with det J_G(z) < 0 computed in
 float32 (as the toy evaluation does) and in float64 (parameters and latents cast up). A flow is
 injective in exact arithmetic: negative signs in float32 only are rounding.
@@ -18,7 +18,8 @@ from absl import flags
 
 flags.DEFINE_string('workdir', None, 'The run directory holding checkpoints/.')
 flags.DEFINE_string('preset', 'sv+gp', 'configs/toy.py argument of the run.')
-flags.DEFINE_integer('num_seeds', 3, 'train.num_seeds of the run.')
+flags.DEFINE_integer('num_seeds', None, 'train.num_seeds of the run (default: the '
+                     "checkpoint's).")
 flags.mark_flag_as_required('workdir')
 FLAGS = flags.FLAGS
 
@@ -29,13 +30,8 @@ def main(argv):
   from bibound_jax import assemble
   from bibound_jax.bounds import entropy
   from bibound_jax.generator import Generator
-  from configs import toy
-  from experiments import checkpoints
-  cfg = toy.get_config(FLAGS.preset)
-  cfg.train.num_seeds = FLAGS.num_seeds
-  _, abstract, rng = assemble.abstract_state(cfg)
-  manager = checkpoints.open_manager(FLAGS.workdir, read_only=True)
-  state, _ = checkpoints.restore(manager, abstract, rng)
+  from benchmarks import toy_checkpoint
+  cfg, _, state, step = toy_checkpoint.restore(FLAGS.workdir, FLAGS.preset, FLAGS.num_seeds)
   z = jax.random.normal(jax.random.key(0), (10_000, cfg.model.generator.latent_dim))
 
   def negative_share(fn, variables, latents):
@@ -43,7 +39,7 @@ def main(argv):
         latents)
     return float(np.mean(np.asarray(signs) < 0))
 
-  print(f'{FLAGS.workdir} (iteration {manager.latest_step()}): share of latents with det J < 0')
+  print(f'{FLAGS.workdir} (iteration {step}): share of latents with det J < 0')
   for k, seed in enumerate(assemble.seeds(cfg)):
     gen = Generator(assemble.seed_slice(state, k).generator)
     fn, variables = gen.per_sample(), gen.jacobian_variables(gen.params, z, 'batch')

@@ -7,7 +7,9 @@ import sys
 import jax
 import numpy as np
 import pytest
+from absl import app
 
+from benchmarks import toy_checkpoint
 from bibound_jax import train
 from bibound_jax import assemble
 from bibound_jax import config_lib
@@ -174,6 +176,18 @@ def test_checkpoint_restore_and_resume_match_an_uninterrupted_run(tmp_path):
   assert train.iteration(restored) == 20
   jax.tree.map(np.testing.assert_array_equal, _params(restored), saved)
   manager.close()
+  # The benchmarks that read a run's networks restore it the same way, with its seed count,
+  # and refuse a preset or seed count of other shapes naming the keys.
+  _, _, bench_state, bench_step = toy_checkpoint.restore(str(tmp_path / 'a'), 'authors')
+  assert bench_step == 20
+  jax.tree.map(np.testing.assert_array_equal, _params(bench_state), saved)
+  with pytest.raises(app.UsageError, match=r'train.num_seeds: 1 in the checkpoint, 2 now'):
+    toy_checkpoint.restore(str(tmp_path / 'a'), 'authors', num_seeds=2)
+  with pytest.raises(app.UsageError, match=r"model.generator.name: 'mlp' in the checkpoint, "
+                     r"'flow' now"):
+    toy_checkpoint.restore(str(tmp_path / 'a'), '')
+  with pytest.raises(app.UsageError, match=r'No checkpoint in .*train first.*--workdir is'):
+    toy_checkpoint.restore(str(tmp_path / 'nothing'), 'authors')
   # Continuing to 30 resumes from 20 and lands where a straight 30-step run lands.
   cfg30 = small_config(num_steps=30)
   resumed = run.train_and_evaluate(cfg30, str(tmp_path / 'a'))

@@ -1,0 +1,44 @@
+"""Restore the latest checkpoint of a toy run for a benchmark that reads its networks.
+
+The checkpoint's own config says how many seeds the run trained and which networks; the
+preset a user names must build the same shapes, or the error says which keys differ.
+"""
+from __future__ import annotations
+
+from absl import app
+
+# The keys that fix the shapes of a toy run's state (the rest, such as bound weights, t_min or
+# learning rates, change no array).
+_SHAPE_KEYS = ('model.', 'data.name', 'data.shape', 'train.num_seeds', 'bounds.lower',
+               'bounds.upper', 'bounds.mi.hidden')
+
+
+def restore(workdir: str, preset: str, num_seeds: int | None = None):
+  """(config, networks, state, step) of the latest checkpoint in `workdir`.
+
+  `preset` is the configs/toy.py argument the run was started with (its overrides of bound
+  weights and schedules do not matter here); `num_seeds` defaults to the run's. Raises
+  app.UsageError naming the fix for a workdir without checkpoints, or for a preset or seed
+  count whose state shapes differ from the run's."""
+  # pylint: disable=import-outside-toplevel
+  from bibound_jax import assemble
+  from configs import toy
+  from experiments import checkpoints
+  manager = checkpoints.open_manager(workdir, read_only=True)
+  try:
+    step = checkpoints.choose_step(manager, None)
+  except checkpoints.CheckpointError as e:
+    raise app.UsageError(f'{e} (--workdir is the run directory, the one holding checkpoints/).')
+  saved = checkpoints.saved_config(manager, step)
+  cfg = toy.get_config(preset)
+  cfg.train.num_seeds = saved['train']['num_seeds'] if num_seeds is None else num_seeds
+  diffs = [d for d in checkpoints.config_differences(saved, cfg.to_dict(), allowed=())
+           if any(d.startswith(k) for k in _SHAPE_KEYS)]
+  if diffs:
+    raise app.UsageError(
+        f'The run in {workdir} does not have the shapes of --preset={preset!r}'
+        + ('' if num_seeds is None else f' and --num_seeds={num_seeds}') + ':\n  '
+        + '\n  '.join(diffs) + '\nPass the preset (and seed count) the run was started with.')
+  nets, abstract, rng = assemble.abstract_state(cfg)
+  state, _ = checkpoints.restore(manager, abstract, rng, step=step)
+  return cfg, nets, state, step
