@@ -26,19 +26,23 @@ def restore(workdir: str, preset: str, num_seeds: int | None = None):
   from experiments import checkpoints
   manager = checkpoints.open_manager(workdir, read_only=True)
   try:
-    step = checkpoints.choose_step(manager, None)
-  except checkpoints.CheckpointError as e:
-    raise app.UsageError(f'{e} (--workdir is the run directory, the one holding checkpoints/).')
-  saved = checkpoints.saved_config(manager, step)
-  cfg = toy.get_config(preset)
-  cfg.train.num_seeds = saved['train']['num_seeds'] if num_seeds is None else num_seeds
-  diffs = [d for d in checkpoints.config_differences(saved, cfg.to_dict(), allowed=())
-           if any(d.startswith(k) for k in _SHAPE_KEYS)]
-  if diffs:
-    raise app.UsageError(
-        f'The run in {workdir} does not have the shapes of --preset={preset!r}'
-        + ('' if num_seeds is None else f' and --num_seeds={num_seeds}') + ':\n  '
-        + '\n  '.join(diffs) + '\nPass the preset (and seed count) the run was started with.')
-  nets, abstract, rng = assemble.abstract_state(cfg)
-  state, _ = checkpoints.restore(manager, abstract, rng, step=step)
+    try:
+      step = checkpoints.choose_step(manager, None)
+    except checkpoints.CheckpointError as e:
+      raise app.UsageError(f'{e} (--workdir is the run directory, the one holding '
+                           'checkpoints/).') from None
+    saved = checkpoints.saved_config(manager, step)
+    cfg = toy.get_config(preset)
+    cfg.train.num_seeds = saved['train']['num_seeds'] if num_seeds is None else num_seeds
+    diffs = [d for d in checkpoints.config_differences(saved, cfg.to_dict(), allowed=())
+             if any(d.startswith(k) for k in _SHAPE_KEYS)]
+    if diffs:
+      raise app.UsageError(
+          f'The run in {workdir} does not have the shapes of --preset={preset!r}'
+          + ('' if num_seeds is None else f' and --num_seeds={num_seeds}') + ':\n  '
+          + '\n  '.join(diffs) + '\nPass the preset (and seed count) the run was started with.')
+    nets, abstract, rng = assemble.abstract_state(cfg)
+    state, _ = checkpoints.restore(manager, abstract, rng, step=step)
+  finally:
+    manager.close()
   return cfg, nets, state, step
