@@ -20,11 +20,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
-flags.DEFINE_string('workdir', None, 'The run directory holding checkpoints/.')
-flags.DEFINE_string('preset', 'sv+gp', 'configs/toy.py argument of the run.')
-flags.DEFINE_integer('num_seeds', None, 'train.num_seeds of the run (default: the '
-                     "checkpoint's).")
-flags.mark_flag_as_required('workdir')
+from benchmarks import toy_checkpoint
+
+toy_checkpoint.define_flags()
 FLAGS = flags.FLAGS
 
 
@@ -35,8 +33,7 @@ def main(argv):
   from bibound_jax import assemble
   from bibound_jax.data import toy as toy_data
   from bibound_jax.metrics import toy as toy_metrics
-  from benchmarks import toy_checkpoint
-  cfg, nets, state, step = toy_checkpoint.restore(FLAGS.workdir, FLAGS.preset, FLAGS.num_seeds)
+  cfg, nets, state, step = toy_checkpoint.restore_from_flags()
   if cfg.data.name != '25gaussians':
     raise app.UsageError(f'{FLAGS.preset!r} is not a 25gaussians config: the wells are measured '
                          'at its 25 mode centres.')

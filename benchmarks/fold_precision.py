@@ -16,11 +16,9 @@ import numpy as np
 from absl import app
 from absl import flags
 
-flags.DEFINE_string('workdir', None, 'The run directory holding checkpoints/.')
-flags.DEFINE_string('preset', 'sv+gp', 'configs/toy.py argument of the run.')
-flags.DEFINE_integer('num_seeds', None, 'train.num_seeds of the run (default: the '
-                     "checkpoint's).")
-flags.mark_flag_as_required('workdir')
+from benchmarks import toy_checkpoint
+
+toy_checkpoint.define_flags()
 FLAGS = flags.FLAGS
 
 
@@ -30,8 +28,7 @@ def main(argv):
   from bibound_jax import assemble
   from bibound_jax.bounds import entropy
   from bibound_jax.generator import Generator
-  from benchmarks import toy_checkpoint
-  cfg, _, state, step = toy_checkpoint.restore(FLAGS.workdir, FLAGS.preset, FLAGS.num_seeds)
+  cfg, _, state, step = toy_checkpoint.restore_from_flags()
   z = jax.random.normal(jax.random.key(0), (10_000, cfg.model.generator.latent_dim))
 
   def negative_share(fn, variables, latents):

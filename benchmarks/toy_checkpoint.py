@@ -6,6 +6,7 @@ preset a user names must build the same shapes, or the error says which keys dif
 from __future__ import annotations
 
 from absl import app
+from absl import flags
 
 # The keys that fix the shapes of a toy run's state (the rest, such as bound weights, t_min or
 # learning rates, change no array).
@@ -46,3 +47,18 @@ def restore(workdir: str, preset: str, num_seeds: int | None = None):
   finally:
     manager.close()
   return cfg, nets, state, step
+
+
+def define_flags() -> None:
+  """--workdir, --preset and --num_seeds, as `restore_from_flags` reads them."""
+  flags.DEFINE_string('workdir', None, 'The run directory holding checkpoints/.')
+  flags.DEFINE_string('preset', 'sv+gp', 'configs/toy.py argument of the run.')
+  flags.DEFINE_integer('num_seeds', None, 'train.num_seeds of the run (default: the '
+                       "checkpoint's).")
+  flags.mark_flag_as_required('workdir')
+
+
+def restore_from_flags():
+  """`restore` with the flags of `define_flags`."""
+  f = flags.FLAGS
+  return restore(f.workdir, f.preset, f.num_seeds)
