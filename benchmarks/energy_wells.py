@@ -10,7 +10,10 @@ centre_spread (max - min of E over the 25 mode centres; 0 for the data's equal w
 rise_<r>std (E at r mode-stds from a centre minus E at the centre; r^2 / 2 for the data) and
 real_above_centre (median over 20,000 real samples of E(x) minus E at its nearest centre;
 log 2 for the data). A spread of s nats leaves the shallowest mode e^-s of the deepest one's
-mass; rises far above r^2 / 2 are wells narrower than the modes.
+mass; rises far above r^2 / 2 are wells narrower than the modes. Then KL(data || exp(-E)/Z) on
+the evaluation's grid (`eval.grid_spacing` over [-2, 2]^2, as the toy evaluation computes it),
+split by the chain rule into kl_between (the mode weights: masses of the centres' Voronoi
+cells) and kl_within (the shapes inside the cells).
 """
 from __future__ import annotations
 
@@ -42,12 +45,21 @@ def main(argv):
   real = np.asarray(toy_data.sample('25gaussians', jax.random.key(0), 20_000))
   exact = toy_metrics.mode_wells(lambda x: -toy_data.log_density('25gaussians', x),
                                  centres, std, real)
+  # KL(data || exp(-E)/Z) on the evaluation's grid, split into the mode weights (the Voronoi
+  # cells of the centres) and the shapes inside the cells.
+  grid, _ = toy_metrics.make_grid(toy_data.eval_box('25gaussians'), cfg.eval.grid_spacing)
+  log_p_grid = toy_data.log_density('25gaussians', grid)
+  cells = np.argmin(np.sum((grid[:, None, :] - centres[None]) ** 2, -1), -1)
+  exact.update({f'kl_{k}': 0.0 for k in ('between', 'within', 'total')})
   rows = []
   for k in range(cfg.train.num_seeds):
     params = assemble.seed_slice(state, k).energy.params
     energy = jax.jit(lambda x, p=params: nets.energy.apply({'params': p}, x))
-    rows.append(toy_metrics.mode_wells(lambda x, e=energy: e(np.asarray(x, np.float32)),
-                                       centres, std, real))
+    at = lambda x, e=energy: np.asarray(e(np.asarray(x, np.float32)))
+    row = toy_metrics.mode_wells(at, centres, std, real)
+    kl = toy_metrics.grid_kl_by_part(log_p_grid, -at(grid), cells)
+    row.update({f'kl_{name}': value for name, value in kl.items()})
+    rows.append(row)
   names = list(exact)
   print(f'{FLAGS.workdir} (iteration {step}), E in nats')
   print('| seed | ' + ' | '.join(names) + ' |')

@@ -126,3 +126,22 @@ def test_mode_wells_of_the_exact_energy_and_of_a_skewed_sharpened_one():
   assert v['centre_spread'] == pytest.approx(3.0 * 24)
   assert v['rise_1std'] == pytest.approx(5.0, rel=1e-6)
   assert v['real_above_centre'] == pytest.approx(10 * np.log(2.0), abs=0.2)
+
+
+def test_grid_kl_by_part_is_the_chain_rule():
+  rng = np.random.default_rng(0)
+  log_p, log_q = rng.normal(size=400), rng.normal(size=400) * 2
+  part = rng.integers(0, 5, size=400)
+  kl = tm.grid_kl_by_part(log_p, log_q, part)
+  assert kl['total'] == pytest.approx(tm.grid_kl(log_p, log_q, 1.0))
+  # Between: the KL of the parts' masses; within: the masses' weighted KLs of the conditionals.
+  p, q = np.exp(log_p) / np.exp(log_p).sum(), np.exp(log_q) / np.exp(log_q).sum()
+  P = np.array([p[part == k].sum() for k in range(5)])
+  Q = np.array([q[part == k].sum() for k in range(5)])
+  assert kl['between'] == pytest.approx(np.sum(P * np.log(P / Q)))
+  within = sum(P[k] * tm.grid_kl(log_p[part == k], log_q[part == k], 1.0) for k in range(5))
+  assert kl['within'] == pytest.approx(within)
+  # q = p with every part's mass rescaled: the shapes agree, all of the KL is between parts.
+  shifted = log_p + np.array([0.0, 1.0, -2.0, 0.5, 3.0])[part]
+  moved = tm.grid_kl_by_part(log_p, shifted, part)
+  assert moved['within'] == pytest.approx(0.0, abs=1e-12) and moved['between'] > 0.1
