@@ -49,7 +49,7 @@ def main(argv):
   # cells of the centres) and the shapes inside the cells.
   grid, _ = toy_metrics.make_grid(toy_data.eval_box('25gaussians'), cfg.eval.grid_spacing)
   log_p_grid = toy_data.log_density('25gaussians', grid)
-  cells = np.argmin(np.sum((grid[:, None, :] - centres[None]) ** 2, -1), -1)
+  cells, _ = toy_metrics.nearest_centre(grid, centres)
   exact.update({f'kl_{k}': 0.0 for k in ('between', 'within', 'total')})
   rows = []
   for k in range(cfg.train.num_seeds):

@@ -51,6 +51,23 @@ def default_min_count(num_samples: int) -> int:
   return max(1, -(-_PACGAN_COUNT * int(num_samples) // _PACGAN_SAMPLES))
 
 
+def nearest_centre(points: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(index, distance) of each point's nearest centre: points (N, 2), centres (K, 2); in chunks
+  of about 2^20 distances."""
+  points = np.asarray(points, np.float64).reshape(-1, 2)
+  centres = np.asarray(centres, np.float64).reshape(-1, 2)
+  n = points.shape[0]
+  nearest = np.empty(n, np.int64)
+  dist = np.empty(n, np.float64)
+  chunk = max(1, (1 << 20) // len(centres))
+  for start in range(0, n, chunk):
+    d2 = np.sum((points[start:start + chunk, None, :] - centres[None]) ** 2, -1)
+    idx = np.argmin(d2, -1)
+    nearest[start:start + chunk] = idx
+    dist[start:start + chunk] = np.sqrt(np.take_along_axis(d2, idx[:, None], -1)[:, 0])
+  return nearest, dist
+
+
 def mode_metrics(samples: np.ndarray, centres: np.ndarray, std: float,
                  min_count: int | None = None) -> dict:
   """Mode coverage and high-quality fraction of samples (N, 2) against mode centres (K, 2).
@@ -66,14 +83,7 @@ def mode_metrics(samples: np.ndarray, centres: np.ndarray, std: float,
   n = samples.shape[0]
   if min_count is None:
     min_count = default_min_count(n)
-  nearest = np.empty(n, np.int64)
-  dist = np.empty(n, np.float64)
-  chunk = max(1, (1 << 20) // len(centres))
-  for start in range(0, n, chunk):
-    d2 = np.sum((samples[start:start + chunk, None, :] - centres[None]) ** 2, -1)
-    idx = np.argmin(d2, -1)
-    nearest[start:start + chunk] = idx
-    dist[start:start + chunk] = np.sqrt(np.take_along_axis(d2, idx[:, None], -1)[:, 0])
+  nearest, dist = nearest_centre(samples, centres)
   hq = dist <= _HQ_STDS * std
   counts = np.bincount(nearest[hq], minlength=len(centres))
   return {
@@ -140,8 +150,7 @@ def grid_kl_by_part(log_p: np.ndarray, log_q: np.ndarray, part: np.ndarray) -> d
   p_k = np.exp(lp_k)
   with np.errstate(invalid='ignore'):
     between = float(np.sum(np.where(p_k > 0, p_k * (lp_k - lq_k), 0.0)))
-    p = np.exp(lp)
-    total = float(np.sum(np.where(p > 0, p * (lp - lq), 0.0)))
+  total = grid_kl(lp, lq, 1.0)
   return {'between': between, 'within': total - between, 'total': total}
 
 
@@ -171,6 +180,6 @@ def mode_wells(energy_fn, centres: np.ndarray, std: float, real: np.ndarray,
     rise = rest[:len(ring)].reshape(len(centres), directions) - at_centres[:, None]
     out[f'rise_{r:g}std'] = float(np.median(rise))
     rest = rest[len(ring):]
-  nearest = np.argmin(np.sum((real[:, None, :] - centres[None]) ** 2, -1), -1)
+  nearest, _ = nearest_centre(real, centres)
   out['real_above_centre'] = float(np.median(rest - at_centres[nearest]))
   return out
