@@ -29,34 +29,34 @@ def _random_flow(key, layers=3, n=2, bins=6, bound=3.0):
 def test_identity_at_initialisation():
   g = flow.SplineFlowGenerator()
   z = 2.5 * jax.random.normal(jax.random.key(0), (256, 2))
-  variables = g.init(jax.random.key(1), z)
-  np.testing.assert_allclose(g.apply(variables, z), z, atol=1e-5)
+  variables = jax.jit(g.init)(jax.random.key(1), z)   # jitted: op by op is ~200 programs
+  np.testing.assert_allclose(jax.jit(g.apply)(variables, z), z, atol=1e-5)
 
 
 def test_spline_is_increasing_continuous_and_the_identity_outside():
   k = 5
   raw = jax.random.normal(jax.random.key(0), (3 * k - 1,))
   x = jnp.linspace(-4.0, 4.0, 20001)
-  y = flow.rq_spline(x, jnp.broadcast_to(raw[:k], (x.size, k)),
-                     jnp.broadcast_to(raw[k:2 * k], (x.size, k)),
-                     jnp.broadcast_to(raw[2 * k:], (x.size, k - 1)), 3.0)
+  spline = jax.jit(flow.rq_spline, static_argnums=4)   # op by op: ~400 small programs
+  y = spline(x, jnp.broadcast_to(raw[:k], (x.size, k)),
+             jnp.broadcast_to(raw[k:2 * k], (x.size, k)),
+             jnp.broadcast_to(raw[2 * k:], (x.size, k - 1)), 3.0)
   dy = np.diff(np.asarray(y))
   assert np.all(dy > 0)
   # No jumps at the knots or at +-bound: steps stay within a bounded slope of the grid step.
   assert dy.max() < 50 * float(x[1] - x[0])
   outside = np.abs(np.asarray(x)) >= 3.0
   np.testing.assert_allclose(np.asarray(y)[outside], np.asarray(x)[outside])
-  np.testing.assert_allclose(flow.rq_spline(jnp.array([-3.0 + 1e-6, 3.0 - 1e-6]),
-                                            raw[None, :k].repeat(2, 0),
-                                            raw[None, k:2 * k].repeat(2, 0),
-                                            raw[None, 2 * k:].repeat(2, 0), 3.0),
+  np.testing.assert_allclose(spline(jnp.array([-3.0 + 1e-6, 3.0 - 1e-6]),
+                                    raw[None, :k].repeat(2, 0), raw[None, k:2 * k].repeat(2, 0),
+                                    raw[None, 2 * k:].repeat(2, 0), 3.0),
                              [-3.0, 3.0], atol=1e-4)
 
   # It interpolates: every knot x_k maps to its y_k (the bin selection is right at each knot).
   xk, _ = flow._knots(raw[:k], 3.0)
   yk, _ = flow._knots(raw[k:2 * k], 3.0)
-  at_knots = flow.rq_spline(xk, *(jnp.broadcast_to(r, (k + 1, r.size))
-                                  for r in (raw[:k], raw[k:2 * k], raw[2 * k:])), 3.0)
+  at_knots = spline(xk, *(jnp.broadcast_to(r, (k + 1, r.size))
+                          for r in (raw[:k], raw[k:2 * k], raw[2 * k:])), 3.0)
   np.testing.assert_allclose(at_knots, yk, atol=1e-5)
 
 
