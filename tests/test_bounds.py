@@ -78,6 +78,17 @@ def test_only_the_chosen_bounds_sections_are_checked():
   cfg.bounds.gp.update(schedule='constant', decay_horizon=30_000)
   with pytest.raises(config_checks.ConfigError, match="decay_horizon = 30000.*'constant'"):
     bounds.validate(cfg)
+  # The diffusion bound's uniform share of t draws: a fraction, and only with the proposal.
+  cfg = toy.get_config('authors,mi+diff')
+  cfg.bounds.diff.uniform_fraction = 0.5
+  bounds.validate(cfg)
+  cfg.bounds.diff.uniform_fraction = 1.5
+  with pytest.raises(config_checks.ConfigError, match=r'uniform_fraction = 1.5.*\[0, 1\]'):
+    bounds.validate(cfg)
+  cfg.bounds.diff.update(uniform_fraction=0.5, importance_sampling=False)
+  with pytest.raises(config_checks.ConfigError, match='set importance_sampling=True or '
+                     'uniform_fraction=0'):
+    bounds.validate(cfg)
 
 
 def test_network_options_ask_for_what_each_bound_needs():

@@ -138,15 +138,22 @@ def test_importance_sampling_is_unbiased(x64, likelihood_weighting):
 
   @jax.jit
   def draws(key):
-    return [diff.dsm_per_sample(_test_energy, x0, k, SDE, 1e-3, likelihood_weighting, is_)[0]
-            for k, is_ in zip(jax.random.split(key), (False, True))]
+    return [diff.dsm_per_sample(_test_energy, x0, k, SDE, 1e-3, likelihood_weighting, is_, f)
+            for k, is_, f in zip(jax.random.split(key, 3), (False, True, True), (0.0, 0.0, 0.5))]
 
-  uniform, importance = draws(jax.random.key(4))
-  mu, mi = float(jnp.mean(uniform)), float(jnp.mean(importance))
-  se = math.sqrt(float(jnp.var(uniform) + jnp.var(importance)) / n)
-  assert abs(mu - mi) < 4 * se, (mu, mi, se)
+  (uniform, _), (importance, _), (mixture, t_mix) = draws(jax.random.key(4))
+  mu = float(jnp.mean(uniform))
+  for other in (importance, mixture):   # the same DSM, whatever the proposal
+    se = math.sqrt(float(jnp.var(uniform) + jnp.var(other)) / n)
+    assert abs(mu - float(jnp.mean(other))) < 4 * se, (mu, float(jnp.mean(other)), se)
   if likelihood_weighting:   # the point of the proposal: far lower variance
     assert float(jnp.std(importance)) < 0.5 * float(jnp.std(uniform))
+  # Half the mixture's draws are uniform: P(t > 1/2) = 1/2 (1/2 - t_min) / (1 - t_min) + 1/2 P_p
+  # (P_p from the importance proposal's exact CDF, F(t) = log(exp(int beta) - 1)).
+  f = lambda t: float(diff._is_antiderivative(SDE, t))
+  p_half = (f(1.0) - f(0.5)) / (f(1.0) - f(1e-3))
+  expected = 0.5 * (0.5 - 1e-3) / (1 - 1e-3) + 0.5 * p_half
+  assert abs(float(jnp.mean(t_mix > 0.5)) - expected) < 4 * math.sqrt(0.25 / n)
   np.testing.assert_allclose(
       diff.dsm_loss(_test_energy, x0[:64], jax.random.key(5), SDE, 1e-3, likelihood_weighting),
       jnp.mean(diff.dsm_per_sample(_test_energy, x0[:64], jax.random.key(5), SDE, 1e-3,
@@ -251,3 +258,35 @@ def test_toy_time_energy_keeps_the_toy_spectral_norm():
   assert energy.time_scale == 1.0 and cfg.bounds.diff.weight == 1.0
   emb = lambda t: sinusoidal_embedding(jnp.asarray([t]), 32, energy.time_scale)
   assert float(jnp.max(jnp.abs(emb(0.0) - emb(cfg.bounds.diff.t_min)))) < 2e-3
+
+
+def test_energy_l2_adds_the_penalty_on_the_energy_values_to_the_term():
+  """bounds.diff.energy_l2 = a: the term grows by a (mean E(x_data)^2 + mean E(x_fake)^2),
+  whose gradient reaches the energy's parameters; a = 0 leaves the term and its metrics as
+  they were."""
+  from bibound_jax.bounds import base
+  from configs import toy
+  cfg = toy.get_config('authors,mi+diff')
+  x_data = jax.random.normal(jax.random.key(0), (16, 2))
+  x_fake = jax.random.normal(jax.random.key(1), (16, 2)) + 1.0
+
+  def term(scale, a):
+    cfg.bounds.diff.energy_l2 = a
+    energy_t = lambda x, t: scale * _test_energy(x, t)
+    inputs = base.EnergyInputs(energy_fn=lambda x: energy_t(x, jnp.zeros(x.shape[:1])),
+                               energy_t_fn=energy_t, x_data=x_data, x_fake=x_fake,
+                               z=x_fake, key=jax.random.key(2), step=jnp.zeros((), jnp.int32),
+                               generator=None)
+    value, metrics, _ = diff.DiffusionBound(cfg).term(inputs)
+    return value, metrics
+
+  plain, metrics = term(1.5, 0.0)
+  assert 'energy_l2' not in metrics
+  value, metrics = term(1.5, 0.3)
+  e = lambda x: 1.5 * _test_energy(x, 0.0)
+  expected = 0.3 * (jnp.mean(e(x_data) ** 2) + jnp.mean(e(x_fake) ** 2))
+  np.testing.assert_allclose(value - plain, expected, rtol=1e-5)
+  np.testing.assert_allclose(metrics['energy_l2'], expected, rtol=1e-6)
+  # d/d scale of a (mean (s E0)^2 + ...) = 2 a s (mean E0^2 + ...): the penalty's gradient.
+  grad = jax.grad(lambda s: term(s, 0.3)[0] - term(s, 0.0)[0])(1.5)
+  np.testing.assert_allclose(grad, 2 * expected / 1.5, rtol=1e-4)

@@ -36,6 +36,17 @@ is F(t) = log(exp(int_0^t beta) - 1), so t is drawn exactly by inverting F, and 
 per-sample weight becomes the constant Z / (T - t_min), Z = F(T) - F(t_min), which removes the
 1/sigma_t^2 blow-up near t_min.
 
+A defensive mixture (Hesterberg 1995) keeps a fraction f of the draws uniform: t ~ q(t) =
+(1 - f) p(t) + f / (T - t_min), each value divided by (T - t_min) q(t). Still unbiased for the same
+DSM; p(t) puts about 65% of its draws at sigma_t >= 0.3, where the noised modes of a multimodal
+p_g overlap and the score sees their relative weights, and U(t_min, T) about 91%
+(docs/bounds.md, "The diffusion upper bound").
+
+Score matching fits grad_x E only: it leaves each separated mode's depth E(mode) free, and on the
+toy the depths of E(., 0) drift apart by hundreds of nats. An energy penalty (`energy_l2` = a,
+as in Du & Mordatch 2019) adds a (mean E(x_data)^2 + mean E(x_fake)^2) >= 0 to the term: B grows,
+so L_up stays above whatever w DSM bounds, and the penalty ties the depths to a common level.
+
 Only the energy receives gradients: x_0 (generator samples) enters as a stop-gradient.
 energy_t_fn(x (B, ...), t (B,)) -> (B,) must treat samples independently (grad of the sum is the
 stack of per-sample input gradients).
@@ -153,34 +164,44 @@ def dsm_at(energy_t_fn: Callable, x0: Array, t: Array, eps: Array, sde: VPSDE,
 
 
 def dsm_per_sample(energy_t_fn: Callable, x0: Array, key: Array, sde: VPSDE, t_min: float = 1e-3,
-                   likelihood_weighting: bool = True,
-                   importance_sampling: bool = False) -> tuple[Array, Array]:
+                   likelihood_weighting: bool = True, importance_sampling: bool = False,
+                   uniform_fraction: float = 0.0) -> tuple[Array, Array]:
   """Unbiased per-sample DSM estimates (B,) and the times t (B,) they used.
 
   One t and one eps per sample. Uniform t: value = 1/2 lambda(t) ||.||^2. Importance-sampled t:
-  value = 1/2 lambda(t) ||.||^2 / ((T - t_min) p(t)), whose mean is the same DSM.
+  value = 1/2 lambda(t) ||.||^2 / ((T - t_min) q(t)), q = (1 - f) p + f / (T - t_min) with
+  f = uniform_fraction (a static float; 0 is plain importance sampling), whose mean is the same
+  DSM.
   """
   k_t, k_eps = jax.random.split(key)
   b, dtype = x0.shape[0], x0.dtype
   if importance_sampling:
     t = sample_importance_time(k_t, (b,), sde, t_min, dtype)
+    if uniform_fraction > 0:
+      k_u, k_pick = jax.random.split(jax.random.fold_in(k_t, 1))
+      t_u = jax.random.uniform(k_u, (b,), dtype, minval=t_min, maxval=sde.T)
+      t = jnp.where(jax.random.uniform(k_pick, (b,), dtype) < uniform_fraction, t_u, t)
   else:
     t = jax.random.uniform(k_t, (b,), dtype, minval=t_min, maxval=sde.T)
   eps = jax.random.normal(k_eps, x0.shape, dtype)
   values = dsm_at(energy_t_fn, x0, t, eps, sde, likelihood_weighting)
   if importance_sampling:
-    values = values / ((sde.T - t_min) * importance_density(sde, t, t_min))
+    scaled_p = (sde.T - t_min) * importance_density(sde, t, t_min)
+    if uniform_fraction > 0:   # (T - t_min) q(t)
+      scaled_p = (1.0 - uniform_fraction) * scaled_p + uniform_fraction
+    values = values / scaled_p
   return values, t
 
 
 def dsm_loss(energy_t_fn: Callable, x0: Array, key: Array, sde: VPSDE, t_min: float = 1e-3,
-             likelihood_weighting: bool = True, importance_sampling: bool = False) -> Array:
+             likelihood_weighting: bool = True, importance_sampling: bool = False,
+             uniform_fraction: float = 0.0) -> Array:
   """DSM = 1/2 E_{t ~ U(t_min, T), eps}[lambda(t) ||grad_x E(x_t, t) - eps / sigma_t||^2].
 
   The batch mean of `dsm_per_sample`; differentiable in the energy's parameters only.
   """
   values, _ = dsm_per_sample(energy_t_fn, x0, key, sde, t_min, likelihood_weighting,
-                             importance_sampling)
+                             importance_sampling, uniform_fraction)
   return jnp.mean(values)
 
 
@@ -189,21 +210,41 @@ def diffusion_upper_term(dsm: Array, w_diff: float) -> Array:
   return w_diff * dsm
 
 
+def energy_l2(e_data: Array, e_fake: Array, a: float) -> Array:
+  """a (mean E(x_data)^2 + mean E(x_fake)^2): a non-negative penalty on the energy's values."""
+  return a * (jnp.mean(e_data ** 2) + jnp.mean(e_fake ** 2))
+
+
 class DiffusionBound(base.UpperBound):
   """`diff`: upper term w_diff * DSM of the generator's samples along the VP SDE, with a
   time-conditioned energy E(x, t) (E(x, 0) is the EBM). w_diff = T - t_min turns the average
   over t into the bound's integral.
 
   Config: weight w_diff; beta_min, beta_max (the SDE); t_min; likelihood_weighting
-  (lambda = g^2, else sigma_t^2); importance_sampling of t."""
+  (lambda = g^2, else sigma_t^2); importance_sampling of t, with uniform_fraction of the draws
+  kept uniform (a defensive mixture; 0: none); energy_l2, the weight of a penalty on E's values
+  (0: none)."""
   name = 'diff'
   DEFAULTS = dict(weight=1e-3, beta_min=0.1, beta_max=20.0, t_min=1e-3,
-                  likelihood_weighting=True, importance_sampling=True)
+                  likelihood_weighting=True, importance_sampling=True, uniform_fraction=0.0,
+                  energy_l2=0.0)
 
   @classmethod
   def validate(cls, config) -> None:
     config_checks.positive(config, 'bounds.diff.weight', 'bounds.diff.t_min',
                            'bounds.diff.beta_min', 'bounds.diff.beta_max')
+    config_checks.positive(config, 'bounds.diff.uniform_fraction', 'bounds.diff.energy_l2',
+                           allow_zero=True)
+    f = config.bounds.diff.uniform_fraction
+    if f > 1:
+      raise config_checks.ConfigError(
+          f'config.bounds.diff.uniform_fraction = {f!r}; it is the share of uniform draws of t '
+          'in the importance-sampling proposal: choose a number in [0, 1].')
+    if f > 0 and not config.bounds.diff.importance_sampling:
+      raise config_checks.ConfigError(
+          f'config.bounds.diff.uniform_fraction = {f!r} mixes uniform draws into the '
+          'importance-sampling proposal, but bounds.diff.importance_sampling is False (every '
+          'draw is uniform already): set importance_sampling=True or uniform_fraction=0.')
 
   def network_options(self) -> dict:
     return {'time_conditioned': True}
@@ -213,5 +254,11 @@ class DiffusionBound(base.UpperBound):
     dsm = dsm_loss(inputs.energy_t_fn, inputs.x_fake, jax.random.split(inputs.key, 3)[2],
                    VPSDE(beta_min=s.beta_min, beta_max=s.beta_max), t_min=s.t_min,
                    likelihood_weighting=s.likelihood_weighting,
-                   importance_sampling=s.importance_sampling)
-    return diffusion_upper_term(dsm, s.weight), {'dsm': dsm}, None
+                   importance_sampling=s.importance_sampling,
+                   uniform_fraction=s.uniform_fraction)
+    value, metrics = diffusion_upper_term(dsm, s.weight), {'dsm': dsm}
+    if s.energy_l2 > 0:
+      metrics['energy_l2'] = energy_l2(inputs.energy_fn(inputs.x_data),
+                                       inputs.energy_fn(inputs.x_fake), s.energy_l2)
+      value = value + metrics['energy_l2']
+    return value, metrics, None
