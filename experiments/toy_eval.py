@@ -2,7 +2,9 @@
 
 In 2-D every quantity of the objective (docs/bounds.md, "The objective") is computable:
     log Z        by quadrature of exp(-E) on a grid over [-4L, 4L]^2 (spacing 0.02; `z_edge_mass`
-                 is the model mass in its outer band: large means log Z is truncated),
+                 is the model mass in its outer band: large means log Z is truncated;
+                 `z_outside_mass` the mass outside the plotting box [-L, L]^2, which
+                 KL(data || model), computed on that box, does not see),
     NLL          = E_data[E] + log Z,
     H[p_g]       = H[p0] + E_z[1/2 log det J^T J]   (exact_logdet; d = D = 2),
     L_lo         = E_data[E] - E_{p_g}[E] + H[p_g]  <=  NLL  (equality iff p_g = p_theta),
@@ -135,6 +137,8 @@ class ToyEvaluator(evaluation.Evaluator):
     edge = np.max(np.abs(self.z_grid), axis=1) > 3.5 * self.half_width
     log_w = -energy_z + np.log(self.z_cell_area) - log_z
     z_edge_mass = float(np.sum(np.exp(log_w[edge])))
+    outside = np.max(np.abs(self.z_grid), axis=1) > self.half_width
+    z_outside_mass = float(np.sum(np.exp(log_w[outside])))
     e_data, e_fake = float(np.mean(energy(noise.x_data))), float(np.mean(energy(samples)))
     d = cfg.model.generator.latent_dim
     exact, estimate, det = _chunked(lambda z: self._latent_terms(gen, z, noise.k_est), noise.z,
@@ -147,7 +151,8 @@ class ToyEvaluator(evaluation.Evaluator):
     nll = e_data + log_z
     lower = e_data - e_fake + h_exact
     m = {
-        'nll': nll, 'log_z': log_z, 'z_edge_mass': z_edge_mass, 'energy_real': e_data,
+        'nll': nll, 'log_z': log_z, 'z_edge_mass': z_edge_mass,
+        'z_outside_mass': z_outside_mass, 'energy_real': e_data,
         'energy_fake': e_fake,
         'entropy_exact': h_exact, 'entropy_estimator': h_est,
         'lower_bound': lower,

@@ -7,6 +7,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from scipy import special
 from absl import app
 
 from benchmarks import toy_checkpoint
@@ -258,6 +259,12 @@ def test_evaluation_writes_figures_json_and_arrays(tmp_path, preset):
   assert m['lower_bound'] <= m['nll'] + 1e-3
   assert 0 <= m['modes_covered'] <= 25 and 0.0 <= m['hq_fraction'] <= 1.0
   assert m['mode_depth_spread'] >= 0.0 and np.isfinite(m['well_rise_1std'])
+  # The model mass outside the plotting box (log Z's wider, coarser grid) is what the fine grid
+  # inside the box misses: 1 - z_outside_mass = A sum over the box of exp(-E) / Z.
+  inside = np.exp(special.logsumexp(-arrays['energy'][0].astype(np.float64))
+                  + np.log(0.01 ** 2) - m['log_z'])
+  assert 0.0 <= m['z_edge_mass'] <= m['z_outside_mass'] <= 1.0
+  assert inside == pytest.approx(1.0 - m['z_outside_mass'], abs=0.01)
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path))
 
 
