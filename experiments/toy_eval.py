@@ -83,6 +83,7 @@ class ToyEvaluator(evaluation.Evaluator):
     # wide at twice the spacing (an energy that keeps falling off the box shows up as mass at
     # its edge, reported as `z_edge_mass`).
     self.z_grid, self.z_axis = toy_metrics.make_grid(4 * self.half_width, 2 * self.spacing)
+    self._z_radius = np.max(np.abs(self.z_grid), axis=1)   # each point's sup-norm
     self.z_cell_area = (2 * self.spacing)**2
     self._log_p_data = None
     self._noise = {}
@@ -134,11 +135,10 @@ class ToyEvaluator(evaluation.Evaluator):
     energy = lambda x: _chunked(lambda c: self._energy(e_params, c), x, 65536)
     energy_grid, energy_z = energy(self.grid), energy(self.z_grid)
     log_z = float(toy_metrics.grid_log_normaliser(-energy_z, self.z_cell_area))
-    edge = np.max(np.abs(self.z_grid), axis=1) > 3.5 * self.half_width
+    edge = self._z_radius > 3.5 * self.half_width
     log_w = -energy_z + np.log(self.z_cell_area) - log_z
     z_edge_mass = float(np.sum(np.exp(log_w[edge])))
-    outside = np.max(np.abs(self.z_grid), axis=1) > self.half_width
-    z_outside_mass = float(np.sum(np.exp(log_w[outside])))
+    z_outside_mass = float(np.sum(np.exp(log_w[self._z_radius > self.half_width])))
     e_data, e_fake = float(np.mean(energy(noise.x_data))), float(np.mean(energy(samples)))
     d = cfg.model.generator.latent_dim
     exact, estimate, det = _chunked(lambda z: self._latent_terms(gen, z, noise.k_est), noise.z,
