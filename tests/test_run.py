@@ -303,3 +303,17 @@ def test_benchmark_overrides_read_the_type_the_key_holds():
                         ('bounds.gp.weight', 'write KEY=VALUE')):
     with pytest.raises(ValueError, match=message):
       networks.apply_overrides(cfg, [item])
+
+
+def test_toy_bound_failures_name_the_seeds_and_check_l_up_only_for_the_gp():
+  from experiments import toy_eval
+  record = {'lower_bound_fails/seed_3': 0.0, 'lower_bound_fails/seed_4': 1.0,
+            'upper_bound_fails/seed_3': 1.0, 'upper_bound_fails/seed_4': 1.0}
+  assert toy_eval.bound_failures(record, [3, 4], 'gp') == [
+      ('L_lo > NLL (the entropy term over-counts)', [4]),
+      ('L_up < NLL (the upper term is below the KL)', [3, 4])]
+  # The evaluation's w GP is not the diffusion bound: no L_up verdict for it.
+  assert toy_eval.bound_failures(record, [3, 4], 'diff') == [
+      ('L_lo > NLL (the entropy term over-counts)', [4])]
+  assert toy_eval.bound_failures({'lower_bound_fails': 0.0, 'upper_bound_fails': 0.0},
+                                 [0], 'gp') == []
