@@ -77,10 +77,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   # Spectrally normalised as the authors' toy energy (their `sn=True` default); its output
-  # scale exp(log_scale) sets its steepness; confinement keeps exp(-E) normalisable.
+  # scale exp(log_scale) sets its steepness; confinement keeps exp(-E) normalisable (for the
+  # time-conditioned energy of the diffusion bound: at every t, or at t = 0 only,
+  # `confine_times`).
   config.model.energy = ml_collections.ConfigDict({
       'name': 'mlp', 'hidden': (100, 100), 'spectral_norm': True, 'time_scale': 1.0,
-      'scale_param': 'exp', 'confine': 10.0, 'confine_radius': None})
+      'scale_param': 'exp', 'confine': 10.0, 'confine_radius': None, 'confine_times': 'all'})
   config.model.generator = ml_collections.ConfigDict({
       'name': 'flow', 'latent_dim': 2, 'layers': 2, 'hidden': (64, 64), 'num_bins': 16,
       'bound': None})

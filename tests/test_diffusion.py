@@ -290,3 +290,20 @@ def test_energy_l2_adds_the_penalty_on_the_energy_values_to_the_term():
   # d/d scale of a (mean (s E0)^2 + ...) = 2 a s (mean E0^2 + ...): the penalty's gradient.
   grad = jax.grad(lambda s: term(s, 0.3)[0] - term(s, 0.0)[0])(1.5)
   np.testing.assert_allclose(grad, 2 * expected / 1.5, rtol=1e-4)
+
+
+def test_confinement_at_time_zero_only():
+  from bibound_jax.models.toy import confinement
+  every_t = TimeMLPEnergy(confine=5.0, confine_radius=1.0)
+  t0_only = TimeMLPEnergy(confine=5.0, confine_radius=1.0, confine_times='zero')
+  params = _init_time_mlp(jax.random.key(3), jnp.zeros((1, 2)))   # same parameter tree
+  x = jnp.asarray([[0.2, -0.3], [1.5, 0.5], [-2.0, 2.0]])
+  both = jax.jit(lambda x, t: (every_t.apply(params, x, t), t0_only.apply(params, x, t)))
+  c = confinement(x, 5.0, 1.0)
+  assert float(c[0]) == 0.0 and float(jnp.min(c[1:])) > 1.0   # inside, outside the radius
+  e_all, e_zero = both(x, jnp.zeros(3))       # the EBM E(., 0): confined either way
+  np.testing.assert_allclose(e_zero, e_all, rtol=1e-6)
+  e_all, e_zero = both(x, jnp.full(3, 0.4))   # what DSM scores: no confinement
+  np.testing.assert_allclose(e_zero, e_all - c, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="confine_times = 'never'"):
+    TimeMLPEnergy(confine_times='never').apply(params, x)
