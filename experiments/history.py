@@ -13,6 +13,7 @@ When a run resumes from an earlier checkpoint, `truncate` forgets what was writt
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -78,6 +79,21 @@ def pool(histories: list[list[dict]], keys=STACKEDMNIST_KEYS) -> list[dict]:
 
 # -- evaluations
 
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = 'w'):
+  """open(path, mode) for writing through a temporary file that replaces `path` only once the
+  block has finished: a run killed mid-write leaves the previous file (or none), never a
+  truncated one."""
+  tmp = f'{path}.tmp{os.getpid()}'
+  try:
+    with open(tmp, mode) as f:
+      yield f
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
 def load(workdir: str) -> list[dict]:
   """The evaluations recorded so far ([] when there are none)."""
   path = os.path.join(workdir, 'eval', HISTORY)
@@ -88,14 +104,14 @@ def load(workdir: str) -> list[dict]:
 
 
 def _write(workdir: str, history: list[dict]) -> None:
-  with open(os.path.join(eval_dir(workdir), HISTORY), 'w') as f:
+  with atomic_open(os.path.join(eval_dir(workdir), HISTORY)) as f:
     json.dump(history, f, indent=1)
 
 
 def record(workdir: str, step: int, metrics: dict) -> list[dict]:
   """Write metrics_<step>.json, replace any record at or after `step`; returns the history."""
   entry = dict(step=step, **metrics)
-  with open(os.path.join(eval_dir(workdir), f'metrics_{step}.json'), 'w') as f:
+  with atomic_open(os.path.join(eval_dir(workdir), f'metrics_{step}.json')) as f:
     json.dump(entry, f, indent=1)
   history = [h for h in load(workdir) if h['step'] < step] + [entry]
   _write(workdir, history)
@@ -130,7 +146,7 @@ def truncate(workdir: str, max_step: int) -> None:
   not hold that work)."""
   if os.path.exists(metrics_path(workdir)):
     records = [r for r in read_metrics(workdir) if r['step'] <= max_step]
-    with open(metrics_path(workdir), 'w') as f:
+    with atomic_open(metrics_path(workdir)) as f:
       f.writelines(json.dumps(r) + '\n' for r in records)
   if os.path.isdir(os.path.join(workdir, 'eval')):
     _write(workdir, [h for h in load(workdir) if h['step'] <= max_step])

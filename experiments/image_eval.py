@@ -61,10 +61,8 @@ def check_shape(config) -> images.ImageDataset:
 
 def _atomic_save_npy(path: str, array: np.ndarray) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'wb') as f:
+  with history_lib.atomic_open(path, 'wb') as f:
     np.save(f, array)
-  os.replace(tmp, path)
 
 
 class ImageEvaluator(evaluation.Evaluator):

@@ -103,12 +103,13 @@ class StackedMNISTEvaluator(evaluation.Evaluator):
     for name in (f'samples_{step}.png', 'samples.png'):
       plotting.save_image_grids(os.path.join(out, name), grids, titles)
     # The scored samples, so that a reader can recount the modes with another classifier.
-    np.savez_compressed(
-        os.path.join(out, f'samples_{step}.npz'),
-        images=np.stack([np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
-                         for x, _ in artefacts]),
-        digits=np.stack([mode_metrics.mode_digits(m).astype(np.uint8)
-                         for _, m in artefacts]),
-        seeds=np.asarray(self.seeds))
+    with history_lib.atomic_open(os.path.join(out, f'samples_{step}.npz'), 'wb') as f:
+      np.savez_compressed(
+          f,
+          images=np.stack([np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+                           for x, _ in artefacts]),
+          digits=np.stack([mode_metrics.mode_digits(m).astype(np.uint8)
+                           for _, m in artefacts]),
+          seeds=np.asarray(self.seeds))
     plotting.plot_history(history, ('modes', 'kl', 'energy_real', 'energy_fake'),
                           os.path.join(out, 'modes.png'), 'StackedMNIST', self.seeds)

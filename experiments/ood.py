@@ -135,7 +135,7 @@ def evaluate_ood(workdir: str, config=None, ood_sets=DEFAULT_OOD, step: int | No
                 for a, b in zip(s_in, s_out)]
     result['ood'][ood_name] = dict(history.over_seeds(per_seed, seeds), num=int(s_out.shape[1]))
     logging.info('OOD %s vs %s: %s', name, ood_name, result['ood'][ood_name])
-  with open(os.path.join(history.eval_dir(workdir), f'ood_{step}.json'), 'w') as f:
+  with history.atomic_open(os.path.join(history.eval_dir(workdir), f'ood_{step}.json')) as f:
     json.dump(result, f, indent=1)
   return result
 

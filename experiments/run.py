@@ -298,6 +298,6 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
   manager.close()
   if is_chief:
     timings['end'] = time.time()
-    with open(os.path.join(workdir, 'timings.json'), 'w') as f:
+    with history.atomic_open(os.path.join(workdir, 'timings.json')) as f:
       json.dump(timings, f, indent=1)
   return state

@@ -193,10 +193,11 @@ class ToyEvaluator(evaluation.Evaluator):
   def write(self, workdir, step, metrics, arrays, history) -> None:
     """toy_eval.npz and the PNGs of the module docstring."""
     out = history_lib.eval_dir(workdir)
-    np.savez_compressed(os.path.join(out, 'toy_eval.npz'), grid=self.grid.astype(np.float32),
-                        samples=np.stack([a['samples'] for a in arrays]),
-                        energy=np.stack([a['energy'] for a in arrays]),
-                        seeds=np.asarray(self.seeds))
+    with history_lib.atomic_open(os.path.join(out, 'toy_eval.npz'), 'wb') as f:
+      np.savez_compressed(f, grid=self.grid.astype(np.float32),
+                          samples=np.stack([a['samples'] for a in arrays]),
+                          energy=np.stack([a['energy'] for a in arrays]),
+                          seeds=np.asarray(self.seeds))
     plot_samples(arrays, self.seeds, self.n_axis, self.half_width, metrics, step,
                  os.path.join(out, f'samples_{step}.png'), self.name)
     shutil.copyfile(os.path.join(out, f'samples_{step}.png'), os.path.join(out, 'samples.png'))

@@ -180,3 +180,18 @@ def test_corrupt_checkpoint_names_the_file_and_the_previous_one(tmp_path):
   with pytest.raises(run.CheckpointError,
                      match=r'checkpoints/20 is corrupt(.|\n)*previous checkpoint is step 10'):
     run.train_and_evaluate(small_config(num_steps=30), str(tmp_path))
+
+
+def test_records_are_replaced_whole_or_not_at_all(tmp_path):
+  path = str(tmp_path / 'history.json')
+  with history.atomic_open(path) as f:
+    f.write('[1]')
+  # A writer that dies mid-file (a kill during an evaluation's write) leaves the old file.
+  with pytest.raises(KeyboardInterrupt):
+    with history.atomic_open(path) as f:
+      f.write('[1, 2')
+      raise KeyboardInterrupt
+  assert open(path).read() == '[1]' and os.listdir(tmp_path) == ['history.json']
+  with history.atomic_open(path, 'wb') as f:
+    np.savez_compressed(f, a=np.arange(3))
+  np.testing.assert_array_equal(np.load(path)['a'], np.arange(3))
