@@ -32,6 +32,12 @@ RESUMABLE_KEYS = ('train.num_steps', 'train.log_every', 'train.eval_every',
                   'train.steps_per_call', 'train.divergence_gap', 'train.divergence_energy',
                   'train.init_from', 'eval.', 'data.data_dir', 'data.download')
 
+# Keys added to the configs after runs had been saved, each with the value that reproduces the
+# code before it: a checkpoint saved without the key matches a config that holds that value, so
+# a run (or its evaluation) survives an update of the code. Add a key here when it is added.
+ADDED_KEYS = {'bounds.diff.uniform_fraction': 0.0, 'bounds.diff.energy_l2': 0.0,
+              'model.energy.confine_times': 'all'}
+
 
 def open_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
   """Orbax manager over workdir/checkpoints keeping the latest `keep` (writable) or touching
@@ -87,6 +93,8 @@ def config_differences(saved: dict, current: dict, allowed=RESUMABLE_KEYS) -> li
     if any(key == k or (k.endswith('.') and key.startswith(k)) for k in allowed):
       continue
     va, vb = a.get(key, '<missing>'), b.get(key, '<missing>')
+    if va == '<missing>' and key in ADDED_KEYS and vb == ADDED_KEYS[key]:
+      continue
     va, vb = (tuple(v) if isinstance(v, list) else v for v in (va, vb))
     if va != vb:
       diffs.append(f'{key}: {va!r} in the checkpoint, {vb!r} now')

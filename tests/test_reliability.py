@@ -169,6 +169,22 @@ def test_workdir_of_an_incompatible_config_names_the_keys(tmp_path):
   assert train.iteration(resumed) == 20
 
 
+def test_a_key_added_since_the_checkpoint_matches_only_its_old_behaviour():
+  saved = {'bounds': {'diff': {'weight': 1.0}}, 'model': {'energy': {'confine': 10.0}}}
+  now = {'bounds': {'diff': {'weight': 1.0, 'energy_l2': 0.0}},
+         'model': {'energy': {'confine': 10.0, 'confine_times': 'all'}}}
+  assert checkpoints.config_differences(saved, now) == []
+  now['model']['energy']['confine_times'] = 'zero'
+  now['bounds']['diff']['energy_l2'] = 0.1
+  assert checkpoints.config_differences(saved, now) == [
+      "bounds.diff.energy_l2: '<missing>' in the checkpoint, 0.1 now",
+      "model.energy.confine_times: '<missing>' in the checkpoint, 'zero' now"]
+  # Any other new key is a difference.
+  now = {'bounds': {'diff': {'weight': 1.0, 'depth': 0}}, 'model': {'energy': {'confine': 10.0}}}
+  assert checkpoints.config_differences(saved, now) == [
+      "bounds.diff.depth: '<missing>' in the checkpoint, 0 now"]
+
+
 def test_corrupt_checkpoint_names_the_file_and_the_previous_one(tmp_path):
   cfg = small_config(num_steps=20)
   run.train_and_evaluate(cfg, str(tmp_path))
