@@ -125,7 +125,9 @@ def print_table(rows: dict) -> None:
       print(f'| {preset} | not run |')
       continue
     cells = [_summary(r[k]) if k in r else '-' for k, _ in cols]
-    print(f'| {preset} | ' + ' | '.join(cells)
+    # A run stopped early is reported at its last evaluation, and says so.
+    label = preset if r['step'] == FLAGS.steps else f"{preset} (stopped: evaluation {r['step']})"
+    print(f'| {label} | ' + ' | '.join(cells)
           + f" | {r['sandwich_holds']} | {r['ms_per_iteration']:.2f} |")
 
 
