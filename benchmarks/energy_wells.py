@@ -13,7 +13,10 @@ log 2 for the data). A spread of s nats leaves the shallowest mode e^-s of the d
 mass; rises far above r^2 / 2 are wells narrower than the modes. Then KL(data || exp(-E)/Z) on
 the evaluation's grid (`eval.grid_spacing` over [-2, 2]^2, as the toy evaluation computes it),
 split by the chain rule into kl_between (the mode weights: masses of the centres' Voronoi
-cells) and kl_within (the shapes inside the cells).
+cells) and kl_within (the shapes inside the cells). Last, where exp(-E)/Z puts its mass, on a
+grid over [-8, 8]^2 (spacing 0.02): mass_off_box (outside [-2, 2]^2), mass_beyond_confine
+(beyond the confinement radius, where the confining term acts), and E's lowest value on that
+grid (min_energy) and the distance of that point from the origin (min_energy_radius).
 """
 from __future__ import annotations
 
@@ -27,6 +30,18 @@ from benchmarks import toy_checkpoint
 
 toy_checkpoint.define_flags()
 FLAGS = flags.FLAGS
+
+
+def _mass(points: np.ndarray, energy: np.ndarray, confine_radius: float) -> dict:
+  """Where exp(-E)/Z (normalised on `points`, a regular grid) lies, and E's lowest point."""
+  energy = np.asarray(energy, np.float64)
+  w = np.exp(energy.min() - energy)
+  w /= w.sum()
+  radius = np.linalg.norm(points, axis=1)
+  lowest = int(np.argmin(energy))
+  return {'mass_off_box': float(w[np.max(np.abs(points), axis=1) > 2.0].sum()),
+          'mass_beyond_confine': float(w[radius > confine_radius].sum()),
+          'min_energy': float(energy[lowest]), 'min_energy_radius': float(radius[lowest])}
 
 
 def main(argv):
@@ -51,6 +66,9 @@ def main(argv):
   log_p_grid = toy_data.log_density('25gaussians', grid)
   cells, _ = toy_metrics.nearest_centre(grid, centres)
   exact.update({f'kl_{k}': 0.0 for k in ('between', 'within', 'total')})
+  wide, _ = toy_metrics.make_grid(8.0, 0.02)
+  exact.update(_mass(wide, -toy_data.log_density('25gaussians', wide),
+                     cfg.model.energy.confine_radius))
   rows = []
   for k in range(cfg.train.num_seeds):
     params = assemble.seed_slice(state, k).energy.params
@@ -59,6 +77,8 @@ def main(argv):
     row = toy_metrics.mode_wells(at, centres, std, real)
     kl = toy_metrics.grid_kl_by_part(log_p_grid, -at(grid), cells)
     row.update({f'kl_{name}': value for name, value in kl.items()})
+    row.update(_mass(wide, np.concatenate([at(c) for c in np.array_split(wide, 16)]),
+                     cfg.model.energy.confine_radius))
     rows.append(row)
   names = list(exact)
   print(f'{FLAGS.workdir} (iteration {step}), E in nats')

@@ -1,7 +1,10 @@
 """Restore the latest checkpoint of a toy run for a benchmark that reads its networks.
 
-The checkpoint's own config says how many seeds the run trained and which networks; the
-preset a user names must build the same shapes, or the error says which keys differ.
+The checkpoint's own config says how many seeds the run trained and which networks: the
+networks (config.model, confinement and output scale included) and the optimiser settings are
+taken from it, so E is the energy that was trained. The preset a user names supplies the rest
+and must build the same state shapes (bounds, data, seed count), or the error says which keys
+differ.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ def restore(workdir: str, preset: str, num_seeds: int | None = None):
                            'checkpoints/).') from None
     saved = checkpoints.saved_config(manager, step)
     cfg = toy.get_config(preset)
+    _set_model(cfg, saved)
     cfg.train.num_seeds = saved['train']['num_seeds'] if num_seeds is None else num_seeds
     diffs = [d for d in checkpoints.config_differences(saved, cfg.to_dict(), allowed=())
              if any(d.startswith(k) for k in _SHAPE_KEYS)]
@@ -47,6 +51,25 @@ def restore(workdir: str, preset: str, num_seeds: int | None = None):
   finally:
     manager.close()
   return cfg, nets, state, step
+
+
+def _set_model(cfg, saved: dict) -> None:
+  """cfg.model and cfg.optim := the checkpoint's (its networks and the structure of its
+  optimiser states); keys added since it keep the values of checkpoints.ADDED_KEYS."""
+  # pylint: disable=import-outside-toplevel
+  import ml_collections
+  from experiments import checkpoints
+  with cfg.unlocked():
+    for name in ('model', 'optim'):
+      cfg[name] = ml_collections.ConfigDict(saved[name])
+    for key, value in checkpoints.ADDED_KEYS.items():
+      *path, leaf = key.split('.')
+      if path[0] in ('model', 'optim'):
+        node = cfg
+        for part in path:
+          node = node[part]
+        if leaf not in node:
+          node[leaf] = value
 
 
 def define_flags() -> None:

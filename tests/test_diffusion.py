@@ -305,5 +305,8 @@ def test_confinement_at_time_zero_only():
   np.testing.assert_allclose(e_zero, e_all, rtol=1e-6)
   e_all, e_zero = both(x, jnp.full(3, 0.4))   # what DSM scores: no confinement
   np.testing.assert_allclose(e_zero, e_all - c, rtol=1e-5, atol=1e-5)
+  wall = TimeMLPEnergy(confine=5.0, confine_radius=1.0, confine_power=1.0)
+  np.testing.assert_allclose(jax.jit(wall.apply)(params, x) - both(x, jnp.zeros(3))[0],
+                             confinement(x, 5.0, 1.0, 1.0) - c, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="confine_times = 'never'"):
     TimeMLPEnergy(confine_times='never').apply(params, x)

@@ -92,6 +92,10 @@ def test_energy_scale_parametrisations_and_confinement():
   params = dict(v_exp['params'], log_scale=jnp.log(3.0))
   np.testing.assert_allclose(exp.apply({'params': params}, x), 3.0 * exp.apply(v_exp, x),
                              rtol=1e-5)
+  # A linear wall: 2 (5 - 2.5) = 5.
+  wall = toy_models.MLPEnergy(hidden=(8,), scale_param='exp', confine=2.0, confine_radius=2.5,
+                              confine_power=1.0)
+  np.testing.assert_allclose(wall.apply(v_exp, x) - lin.apply(v_lin, x), [0.0, 5.0], rtol=1e-5)
   with pytest.raises(ValueError, match="scale_param = 'log'"):
     cfg = toy.get_config()
     cfg.model.energy.scale_param = 'log'

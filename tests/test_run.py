@@ -73,8 +73,8 @@ def test_command_line_errors_name_the_key():
     ('train.eval_every', -5, r'config.train.eval_every = -5.*>= 0'),
     ('bounds.sv.num_latents', 7, r'config.bounds.sv.num_latents = 7 must be 0 .* divisor'),
     ('model.energy.depth', 3,
-     r'config.model.energy has key\(s\) depth .* its keys: confine, confine_radius, '
-     r'confine_times, freq_dim'),
+     r'config.model.energy has key\(s\) depth .* its keys: confine, confine_power, '
+     r'confine_radius, confine_times, freq_dim'),
     ('model.generator.name', 'vit', r'config.model.generator.name .* mlp, flow, dcgan, resnet'),
 ])
 def test_bad_config_values_are_rejected_with_the_key(key, value, match):
@@ -178,16 +178,18 @@ def test_checkpoint_restore_and_resume_match_an_uninterrupted_run(tmp_path):
   assert train.iteration(restored) == 20
   jax.tree.map(np.testing.assert_array_equal, _params(restored), saved)
   manager.close()
-  # The benchmarks that read a run's networks restore it the same way, with its seed count,
-  # and refuse a preset or seed count of other shapes naming the keys.
-  _, _, bench_state, bench_step = toy_checkpoint.restore(str(tmp_path / 'a'), 'authors')
-  assert bench_step == 20
+  # The benchmarks that read a run's networks restore it the same way, with its seed count
+  # and its own networks and optimiser (the default preset names a flow and a cosine decay; the
+  # run trained an MLP at a constant rate), and refuse a preset or seed count of other shapes
+  # naming the keys.
+  bench_cfg, _, bench_state, bench_step = toy_checkpoint.restore(str(tmp_path / 'a'), '')
+  assert bench_step == 20 and bench_cfg.model.generator.name == 'mlp'
+  assert bench_cfg.model.energy.confine == cfg.model.energy.confine == 0.0
   jax.tree.map(np.testing.assert_array_equal, _params(bench_state), saved)
   with pytest.raises(app.UsageError, match=r'train.num_seeds: 1 in the checkpoint, 2 now'):
     toy_checkpoint.restore(str(tmp_path / 'a'), 'authors', num_seeds=2)
-  with pytest.raises(app.UsageError, match=r"model.generator.name: 'mlp' in the checkpoint, "
-                     r"'flow' now"):
-    toy_checkpoint.restore(str(tmp_path / 'a'), '')
+  with pytest.raises(app.UsageError, match=r"bounds.upper: 'gp' in the checkpoint, 'diff' now"):
+    toy_checkpoint.restore(str(tmp_path / 'a'), 'authors,mi+diff')
   with pytest.raises(app.UsageError, match=r'No checkpoint in .*train first.*--workdir is'):
     toy_checkpoint.restore(str(tmp_path / 'nothing'), 'authors')
   # Continuing to 30 resumes from 20 and lands where a straight 30-step run lands.

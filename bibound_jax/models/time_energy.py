@@ -93,6 +93,7 @@ class TimeMLPEnergy(nn.Module):
   scale_param: str = 'linear'     # toy.output_scale
   confine: float = 0.0            # toy.confinement
   confine_radius: float = 2.5
+  confine_power: float = 2.0
   confine_times: str = 'all'      # 'all' or 'zero'
 
   @nn.compact
@@ -110,7 +111,7 @@ class TimeMLPEnergy(nn.Module):
         gamma = jnp.tanh(gamma)
       h = dense(width)(h) * (1.0 + gamma) + beta
       h = nn.PReLU(negative_slope_init=PRELU_INIT)(h)
-    confine = confinement(x, self.confine, self.confine_radius)
+    confine = confinement(x, self.confine, self.confine_radius, self.confine_power)
     if self.confine_times == 'zero':
       confine = jnp.where(times == 0, confine, 0.0)
     out = dense(1)(h)[:, 0] + confine

@@ -70,30 +70,35 @@ def output_scale(module: nn.Module, parametrisation: str) -> jax.Array:
                    f'{", ".join(SCALE_PARAMS)}.')
 
 
-def confinement(x: jax.Array, strength: float, radius: float) -> jax.Array:
-  """strength * relu(||x|| - radius)^2 per sample (0 when strength is 0).
+def confinement(x: jax.Array, strength: float, radius: float,
+                power: float = 2.0) -> jax.Array:
+  """strength * relu(||x|| - radius)^power per sample (0 when strength is 0).
 
   A piecewise-linear energy is linear far from the data, and where it descends outwards
   exp(-E) is not normalisable on R^n. Adding this term (0 inside the ball that holds the data,
-  quadratic outside) makes exp(-E) normalisable for every f, and leaves E unchanged where the
-  data and the generator live.
+  growing outside) makes exp(-E) normalisable for every f, and leaves E unchanged where the
+  data and the generator live. A quadratic (power 2) still lets an f that falls outwards at
+  slope s dig a band of depth s^2 / (4 strength) just outside the radius; a linear wall
+  (power 1) with strength above f's Lipschitz constant leaves none (docs/results.md, "The 2-D
+  toys").
   """
   if not strength:
     return jnp.zeros(x.shape[:1], x.dtype)
   norm = jnp.sqrt(jnp.sum(jnp.reshape(x, (x.shape[0], -1)) ** 2, axis=-1) + 1e-12)
-  return strength * jax.nn.relu(norm - radius) ** 2
+  return strength * jax.nn.relu(norm - radius) ** power
 
 
 class MLPEnergy(nn.Module):
   """E(x) = c * (f(x) + confinement(x)): PReLU MLP f with a learnable scalar output scale c
   (init 1, `scale_param`: see `output_scale`); optionally spectrally normalised layers (then
-  c alone sets f's Lipschitz bound) and a confining quadratic outside radius `confine_radius`
-  (`confine` > 0; see `confinement`)."""
+  c alone sets f's Lipschitz bound) and a confining term outside radius `confine_radius`
+  (`confine` > 0, `confine_power`; see `confinement`)."""
   hidden: Sequence[int] = (100, 100)
   spectral_norm: bool = False
   scale_param: str = 'linear'
   confine: float = 0.0
   confine_radius: float = 2.5
+  confine_power: float = 2.0
 
   @nn.compact
   def __call__(self, x):
@@ -101,7 +106,8 @@ class MLPEnergy(nn.Module):
     h = jnp.reshape(x, (x.shape[0], -1))
     for width in self.hidden:
       h = nn.PReLU(negative_slope_init=PRELU_INIT)(dense(width)(h))
-    out = dense(1)(h)[:, 0] + confinement(x, self.confine, self.confine_radius)
+    out = dense(1)(h)[:, 0] + confinement(x, self.confine, self.confine_radius,
+                                          self.confine_power)
     return output_scale(self, self.scale_param) * out
 
 
