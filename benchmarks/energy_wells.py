@@ -16,7 +16,9 @@ split by the chain rule into kl_between (the mode weights: masses of the centres
 cells) and kl_within (the shapes inside the cells). Last, where exp(-E)/Z puts its mass, on a
 grid over [-8, 8]^2 (spacing 0.02): mass_off_box (outside [-2, 2]^2), mass_beyond_confine
 (beyond the confinement radius, where the confining term acts), and E's lowest value on that
-grid (min_energy) and the distance of that point from the origin (min_energy_radius).
+grid (min_energy) and the distance of that point from the origin (min_energy_radius); and what
+sets E's steepness: its output scale and the largest |PReLU slope| (a spectrally normalised
+layer has norm 1, so these bound f's Lipschitz constant together).
 """
 from __future__ import annotations
 
@@ -44,6 +46,17 @@ def _mass(points: np.ndarray, energy: np.ndarray, confine_radius: float) -> dict
           'min_energy': float(energy[lowest]), 'min_energy_radius': float(radius[lowest])}
 
 
+def _steepness(params) -> dict:
+  """The energy's output scale (exp(log_scale) or scale) and its largest |PReLU slope|."""
+  leaves = {jax.tree_util.keystr(path): np.asarray(v)
+            for path, v in jax.tree_util.tree_leaves_with_path(params)}
+  slopes = [np.max(np.abs(v)) for k, v in leaves.items() if 'negative_slope' in k]
+  scale = [float(np.exp(v.ravel()[0])) if 'log_scale' in k else float(v.ravel()[0])
+           for k, v in leaves.items() if k.endswith("['log_scale']") or k.endswith("['scale']")]
+  return {'scale': scale[0] if scale else float('nan'),
+          'max_abs_prelu_slope': float(max(slopes)) if slopes else float('nan')}
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)   # orbax logs every restore step at INFO
@@ -69,6 +82,7 @@ def main(argv):
   wide, _ = toy_metrics.make_grid(8.0, 0.02)
   exact.update(_mass(wide, -toy_data.log_density('25gaussians', wide),
                      cfg.model.energy.confine_radius))
+  exact.update(scale=float('nan'), max_abs_prelu_slope=float('nan'))
   rows = []
   for k in range(cfg.train.num_seeds):
     params = assemble.seed_slice(state, k).energy.params
@@ -79,6 +93,7 @@ def main(argv):
     row.update({f'kl_{name}': value for name, value in kl.items()})
     row.update(_mass(wide, np.concatenate([at(c) for c in np.array_split(wide, 16)]),
                      cfg.model.energy.confine_radius))
+    row.update(_steepness(params))
     rows.append(row)
   names = list(exact)
   print(f'{FLAGS.workdir} (iteration {step}), E in nats')
