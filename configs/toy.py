@@ -83,7 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.energy = ml_collections.ConfigDict({
       'name': 'mlp', 'hidden': (100, 100), 'spectral_norm': True, 'time_scale': 1.0,
       'scale_param': 'exp', 'confine': 10.0, 'confine_radius': None, 'confine_power': 2.0,
-      'confine_times': 'all'})
+      'confine_times': 'all', 'prelu_bound': 0.0})
   config.model.generator = ml_collections.ConfigDict({
       'name': 'flow', 'latent_dim': 2, 'layers': 2, 'hidden': (64, 64), 'num_bins': 16,
       'bound': None})

@@ -36,7 +36,8 @@ RESUMABLE_KEYS = ('train.num_steps', 'train.log_every', 'train.eval_every',
 # code before it: a checkpoint saved without the key matches a config that holds that value, so
 # a run (or its evaluation) survives an update of the code. Add a key here when it is added.
 ADDED_KEYS = {'bounds.diff.uniform_fraction': 0.0, 'bounds.diff.energy_l2': 0.0,
-              'model.energy.confine_times': 'all', 'model.energy.confine_power': 2.0}
+              'model.energy.confine_times': 'all', 'model.energy.confine_power': 2.0,
+              'model.energy.prelu_bound': 0.0}
 
 
 def open_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:

@@ -10,6 +10,7 @@ from bibound_jax import config_lib
 from bibound_jax import train
 from bibound_jax.models import flow
 from bibound_jax.models import toy as toy_models
+from bibound_jax.models.time_energy import TimeMLPEnergy
 from configs import toy
 
 
@@ -127,3 +128,30 @@ def test_authors_variant_restores_the_authors_networks():
   assert cfg.model.energy.scale_param == 'linear' and cfg.model.energy.confine == 0.0
   assert cfg.optim.lr_schedule == 'constant' and cfg.train.num_steps == 150_000
   config_lib.validate_config(cfg, ('25gaussians',))
+
+
+def test_bounded_prelu_slopes_keep_the_parameters_and_clip_the_slope():
+  x = jnp.array([[0.5, -0.3], [-2.0, 1.0], [1.0, 1.0]])
+  free = toy_models.MLPEnergy(hidden=(8, 8))
+  bounded = toy_models.MLPEnergy(hidden=(8, 8), prelu_bound=1.0)
+  v = free.init(jax.random.key(1), x)
+  assert jax.tree.structure(v) == jax.tree.structure(bounded.init(jax.random.key(1), x))
+  # Inside the bound (the init slope 0.25) the two are the same network.
+  np.testing.assert_allclose(bounded.apply(v, x), free.apply(v, x), rtol=1e-6)
+  # Slopes of 12 act as slopes of 1 (and -12 as -1).
+  for a in (12.0, -12.0):
+    steep = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jnp.full_like(leaf, a) if 'negative_slope' in str(path) else leaf, v)
+    clipped = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jnp.full_like(leaf, a / 12.0) if 'negative_slope' in str(path)
+        else leaf, v)
+    np.testing.assert_allclose(bounded.apply(steep, x), free.apply(clipped, x), rtol=1e-6)
+    assert not np.allclose(free.apply(steep, x), free.apply(clipped, x))
+  timed = TimeMLPEnergy(hidden=(8,), prelu_bound=1.0)
+  vt = TimeMLPEnergy(hidden=(8,)).init(jax.random.key(2), x)
+  steep = jax.tree_util.tree_map_with_path(
+      lambda path, leaf: jnp.full_like(leaf, 5.0) if 'negative_slope' in str(path) else leaf, vt)
+  unit = jax.tree_util.tree_map_with_path(
+      lambda path, leaf: jnp.full_like(leaf, 1.0) if 'negative_slope' in str(path) else leaf, vt)
+  np.testing.assert_allclose(timed.apply(steep, x, 0.3),
+                             TimeMLPEnergy(hidden=(8,)).apply(unit, x, 0.3), rtol=1e-6)

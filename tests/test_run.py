@@ -74,7 +74,7 @@ def test_command_line_errors_name_the_key():
     ('bounds.sv.num_latents', 7, r'config.bounds.sv.num_latents = 7 must be 0 .* divisor'),
     ('model.energy.depth', 3,
      r'config.model.energy has key\(s\) depth .* its keys: confine, confine_power, '
-     r'confine_radius, confine_times, freq_dim'),
+     r'confine_radius, confine_times, freq_dim, hidden, prelu_bound'),
     ('model.generator.name', 'vit', r'config.model.generator.name .* mlp, flow, dcgan, resnet'),
 ])
 def test_bad_config_values_are_rejected_with_the_key(key, value, match):

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bibound_jax.models.toy import PRELU_INIT
+from bibound_jax.models.toy import prelu
 from bibound_jax.models.toy import SNDense
 from bibound_jax.models.toy import confinement
 from bibound_jax.models.toy import output_scale
@@ -95,6 +95,7 @@ class TimeMLPEnergy(nn.Module):
   confine_radius: float = 2.5
   confine_power: float = 2.0
   confine_times: str = 'all'      # 'all' or 'zero'
+  prelu_bound: float = 0.0        # > 0: |PReLU slope| <= prelu_bound (toy.prelu)
 
   @nn.compact
   def __call__(self, x, t=None):
@@ -105,12 +106,12 @@ class TimeMLPEnergy(nn.Module):
     times = _times(t, x)
     temb = TimeEmbedding(self.time_features, self.freq_dim, self.time_scale)(times)
     dense = SNDense if self.spectral_norm else nn.Dense
-    for width in self.hidden:
+    for i, width in enumerate(self.hidden):
       gamma, beta = jnp.split(nn.Dense(2 * width)(temb), 2, axis=-1)
       if self.spectral_norm:
         gamma = jnp.tanh(gamma)
       h = dense(width)(h) * (1.0 + gamma) + beta
-      h = nn.PReLU(negative_slope_init=PRELU_INIT)(h)
+      h = prelu(h, self.prelu_bound, f'PReLU_{i}')
     confine = confinement(x, self.confine, self.confine_radius, self.confine_power)
     if self.confine_times == 'zero':
       confine = jnp.where(times == 0, confine, 0.0)

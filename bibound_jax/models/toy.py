@@ -70,6 +70,26 @@ def output_scale(module: nn.Module, parametrisation: str) -> jax.Array:
                    f'{", ".join(SCALE_PARAMS)}.')
 
 
+def prelu(h: jax.Array, slope_bound: float, name: str) -> jax.Array:
+  """PReLU with a learnable negative slope a (init 0.25); with `slope_bound` m > 0 the slope
+  used is clip(a, -m, m), so a spectrally normalised network stays m^L-Lipschitz (times its
+  output scale) instead of growing its steepness through the slopes. The parameter is the same
+  either way (`<name>/negative_slope`)."""
+  if not slope_bound:
+    return nn.PReLU(negative_slope_init=PRELU_INIT, name=name)(h)
+  return _BoundedPReLU(slope_bound, name=name)(h)
+
+
+class _BoundedPReLU(nn.Module):
+  bound: float
+
+  @nn.compact
+  def __call__(self, h):
+    a = self.param('negative_slope', nn.initializers.constant(PRELU_INIT), (), jnp.float32)
+    a = jnp.clip(jnp.asarray(a, h.dtype), -self.bound, self.bound)
+    return jnp.where(h >= 0, h, a * h)
+
+
 def confinement(x: jax.Array, strength: float, radius: float,
                 power: float = 2.0) -> jax.Array:
   """strength * relu(||x|| - radius)^power per sample (0 when strength is 0).
@@ -99,13 +119,14 @@ class MLPEnergy(nn.Module):
   confine: float = 0.0
   confine_radius: float = 2.5
   confine_power: float = 2.0
+  prelu_bound: float = 0.0        # > 0: |PReLU slope| <= prelu_bound (see `prelu`)
 
   @nn.compact
   def __call__(self, x):
     dense = SNDense if self.spectral_norm else nn.Dense
     h = jnp.reshape(x, (x.shape[0], -1))
-    for width in self.hidden:
-      h = nn.PReLU(negative_slope_init=PRELU_INIT)(dense(width)(h))
+    for i, width in enumerate(self.hidden):
+      h = prelu(dense(width)(h), self.prelu_bound, f'PReLU_{i}')
     out = dense(1)(h)[:, 0] + confinement(x, self.confine, self.confine_radius,
                                           self.confine_power)
     return output_scale(self, self.scale_param) * out
