@@ -34,14 +34,15 @@ toy_checkpoint.define_flags()
 FLAGS = flags.FLAGS
 
 
-def _mass(points: np.ndarray, energy: np.ndarray, confine_radius: float) -> dict:
-  """Where exp(-E)/Z (normalised on `points`, a regular grid) lies, and E's lowest point."""
+def _mass(points: np.ndarray, energy: np.ndarray, box: float, confine_radius: float) -> dict:
+  """Where exp(-E)/Z (normalised on `points`, a regular grid) lies: off [-box, box]^2 and
+  beyond the confinement radius; and E's lowest point."""
   energy = np.asarray(energy, np.float64)
   w = np.exp(energy.min() - energy)
   w /= w.sum()
   radius = np.linalg.norm(points, axis=1)
   lowest = int(np.argmin(energy))
-  return {'mass_off_box': float(w[np.max(np.abs(points), axis=1) > 2.0].sum()),
+  return {'mass_off_box': float(w[np.max(np.abs(points), axis=1) > box].sum()),
           'mass_beyond_confine': float(w[radius > confine_radius].sum()),
           'min_energy': float(energy[lowest]), 'min_energy_radius': float(radius[lowest])}
 
@@ -80,7 +81,8 @@ def main(argv):
   cells, _ = toy_metrics.nearest_centre(grid, centres)
   exact.update({f'kl_{k}': 0.0 for k in ('between', 'within', 'total')})
   wide, _ = toy_metrics.make_grid(8.0, 0.02)
-  exact.update(_mass(wide, -toy_data.log_density('25gaussians', wide),
+  box = toy_data.eval_box('25gaussians')
+  exact.update(_mass(wide, -toy_data.log_density('25gaussians', wide), box,
                      cfg.model.energy.confine_radius))
   exact.update(scale=float('nan'), max_abs_prelu_slope=float('nan'))
   rows = []
@@ -91,7 +93,7 @@ def main(argv):
     row = toy_metrics.mode_wells(at, centres, std, real)
     kl = toy_metrics.grid_kl_by_part(log_p_grid, -at(grid), cells)
     row.update({f'kl_{name}': value for name, value in kl.items()})
-    row.update(_mass(wide, np.concatenate([at(c) for c in np.array_split(wide, 16)]),
+    row.update(_mass(wide, np.concatenate([at(c) for c in np.array_split(wide, 16)]), box,
                      cfg.model.energy.confine_radius))
     row.update(_steepness(params))
     rows.append(row)

@@ -37,7 +37,7 @@ def restore(workdir: str, preset: str, num_seeds: int | None = None):
                            'checkpoints/).') from None
     saved = checkpoints.saved_config(manager, step)
     cfg = toy.get_config(preset)
-    _set_model(cfg, saved)
+    _set_networks(cfg, saved)
     cfg.train.num_seeds = saved['train']['num_seeds'] if num_seeds is None else num_seeds
     diffs = [d for d in checkpoints.config_differences(saved, cfg.to_dict(), allowed=())
              if any(d.startswith(k) for k in _SHAPE_KEYS)]
@@ -53,7 +53,7 @@ def restore(workdir: str, preset: str, num_seeds: int | None = None):
   return cfg, nets, state, step
 
 
-def _set_model(cfg, saved: dict) -> None:
+def _set_networks(cfg, saved: dict) -> None:
   """cfg.model and cfg.optim := the checkpoint's (its networks and the structure of its
   optimiser states); keys added since it keep the values of checkpoints.ADDED_KEYS."""
   # pylint: disable=import-outside-toplevel

@@ -77,9 +77,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   # Spectrally normalised as the authors' toy energy (their `sn=True` default); its output
-  # scale exp(log_scale) sets its steepness; confinement keeps exp(-E) normalisable (for the
-  # time-conditioned energy of the diffusion bound: at every t, or at t = 0 only,
-  # `confine_times`).
+  # scale exp(log_scale) and its PReLU slopes (free unless `prelu_bound` > 0) set its
+  # steepness; confinement (quadratic, or linear with `confine_power` 1) keeps exp(-E)
+  # normalisable (for the time-conditioned energy of the diffusion bound: at every t, or at
+  # t = 0 only, `confine_times`).
   config.model.energy = ml_collections.ConfigDict({
       'name': 'mlp', 'hidden': (100, 100), 'spectral_norm': True, 'time_scale': 1.0,
       'scale_param': 'exp', 'confine': 10.0, 'confine_radius': None, 'confine_power': 2.0,

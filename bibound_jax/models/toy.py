@@ -72,9 +72,9 @@ def output_scale(module: nn.Module, parametrisation: str) -> jax.Array:
 
 def prelu(h: jax.Array, slope_bound: float, name: str) -> jax.Array:
   """PReLU with a learnable negative slope a (init 0.25); with `slope_bound` m > 0 the slope
-  used is clip(a, -m, m), so a spectrally normalised network stays m^L-Lipschitz (times its
-  output scale) instead of growing its steepness through the slopes. The parameter is the same
-  either way (`<name>/negative_slope`)."""
+  used is clip(a, -m, m), so a spectrally normalised network of L hidden layers stays
+  max(1, m)^L-Lipschitz (times its output scale) instead of growing its steepness through the
+  slopes. The parameter is the same either way (`<name>/negative_slope`)."""
   if not slope_bound:
     return nn.PReLU(negative_slope_init=PRELU_INIT, name=name)(h)
   return _BoundedPReLU(slope_bound, name=name)(h)
@@ -111,8 +111,9 @@ def confinement(x: jax.Array, strength: float, radius: float,
 class MLPEnergy(nn.Module):
   """E(x) = c * (f(x) + confinement(x)): PReLU MLP f with a learnable scalar output scale c
   (init 1, `scale_param`: see `output_scale`); optionally spectrally normalised layers (then
-  c alone sets f's Lipschitz bound) and a confining term outside radius `confine_radius`
-  (`confine` > 0, `confine_power`; see `confinement`)."""
+  c and the PReLU slopes set f's Lipschitz bound; `prelu_bound` caps the slopes, see `prelu`)
+  and a confining term outside radius `confine_radius` (`confine` > 0, `confine_power`; see
+  `confinement`)."""
   hidden: Sequence[int] = (100, 100)
   spectral_norm: bool = False
   scale_param: str = 'linear'
