@@ -262,6 +262,8 @@ def test_evaluation_writes_figures_json_and_arrays(tmp_path, preset):
   assert m['lower_bound'] <= m['nll'] + 1e-3
   assert 0 <= m['modes_covered'] <= 25 and 0.0 <= m['hq_fraction'] <= 1.0
   assert m['mode_depth_spread'] >= 0.0 and np.isfinite(m['well_rise_1std'])
+  # L_up's verdict exists only where w GP is the bound trained (mi+diff's is the diffusion's).
+  assert ('upper_bound_fails' in m) == (preset == 'sv+gp')
   # The model mass outside the plotting box (log Z's wider, coarser grid) is what the fine grid
   # inside the box misses: 1 - z_outside_mass = A sum over the box of exp(-E) / Z.
   inside = np.exp(special.logsumexp(-arrays['energy'][0].astype(np.float64))
