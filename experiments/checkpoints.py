@@ -148,19 +148,49 @@ def check_config(manager: ocp.CheckpointManager, step: int, config,
         + '\n  '.join(diffs) + seeds + '\nUse a new --workdir, or rerun with the saved values.')
 
 
+def schedule_differences(saved: dict, current: dict) -> list[str]:
+  """Why a run cannot be resumed at another train.num_steps: [] unless its length changed and
+  a schedule spans it (optim.lr_schedule 'cosine', bounds.gp.decay_horizon > 0).
+
+  Resuming would then jump the learning rates (or the GP weight) from where the saved run's
+  schedule had taken them to where the longer run's stands: a warm restart, not the run the
+  command names."""
+  a, b = flatten(saved), flatten(current)
+  before, now = a.get('train.num_steps'), b.get('train.num_steps')
+  if before is None or before == now:
+    return []
+  spans = []
+  if b.get('optim.lr_schedule') == 'cosine':
+    spans.append("optim.lr_schedule = 'cosine' decays the learning rates over train.num_steps")
+  if b.get('bounds.gp.decay_horizon'):
+    spans.append('bounds.gp.decay_horizon stretches the GP weight over train.num_steps')
+  if not spans:
+    return []
+  return [f'train.num_steps: {before!r} in the checkpoint, {now!r} now, and '
+          + '; '.join(spans) + ': resuming would jump the schedule (a warm restart, not the '
+          f'{now}-iteration run). Rerun with --config.train.num_steps={before}, train the longer '
+          'run in a new --workdir, or continue this one on purpose in a new --workdir with '
+          '--config.train.init_from=DIR (its log lists the keys that differ).']
+
+
 def restore(manager: ocp.CheckpointManager, state: train.BiboundState, rng: jax.Array,
-            step: int | None = None, config=None):
+            step: int | None = None, config=None, resuming: bool = False):
   """(state, rng) from checkpoint `step` (default: the latest), or None when there is none.
 
   `state` and `rng` give the structure, shapes, dtypes and shardings (arrays or
   ShapeDtypeStructs). With `config`, the saved config must agree with it (outside
-  RESUMABLE_KEYS). CheckpointError names the checkpoint, the differing keys, or, for an
-  unreadable checkpoint, the previous one to fall back to."""
+  RESUMABLE_KEYS; `resuming` training, also train.num_steps where a schedule spans it:
+  `schedule_differences`). CheckpointError names the checkpoint, the differing keys, or, for
+  an unreadable checkpoint, the previous one to fall back to."""
   step = manager.latest_step() if step is None else step
   if step is None:
     return None
   if config is not None:
     check_config(manager, step, config)
+    if resuming:
+      diffs = schedule_differences(saved_config(manager, step), config.to_dict())
+      if diffs:
+        raise CheckpointError(f'Cannot resume {step_dir(manager, step)}: ' + ' '.join(diffs))
   template = {'state': state, 'rng': jax.random.key_data(rng)}
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
   try:

@@ -191,7 +191,7 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
   nets, state, rng = assemble.initial_state(config, mesh)
 
   manager = checkpoints.open_manager(workdir, config.train.keep_checkpoints)
-  restored = checkpoints.restore(manager, state, rng, config=config)
+  restored = checkpoints.restore(manager, state, rng, config=config, resuming=True)
   if restored is not None:
     state, rng = restored
     logging.info('Resumed from %s at step %d.', manager.directory, train.iteration(state))

@@ -169,6 +169,28 @@ def test_workdir_of_an_incompatible_config_names_the_keys(tmp_path):
   assert train.iteration(resumed) == 20
 
 
+def test_a_longer_run_is_refused_where_a_schedule_spans_the_run(tmp_path):
+  cfg = small_config(num_steps=10)
+  cfg.optim.lr_schedule = 'cosine'
+  run.train_and_evaluate(cfg, str(tmp_path))
+  longer = small_config(num_steps=20)
+  longer.optim.lr_schedule = 'cosine'
+  # The cosine decays over train.num_steps: resuming at 20 would send the learning rates from
+  # their final value back up to the middle of a 20-iteration decay.
+  with pytest.raises(run.CheckpointError, match=r"train.num_steps: 10 in the checkpoint, 20 now"
+                     r"(.|\n)*cosine(.|\n)*--config.train.num_steps=10(.|\n)*init_from"):
+    run.train_and_evaluate(longer, str(tmp_path))
+  assert checkpoints.schedule_differences(
+      {'train': {'num_steps': 10}, 'optim': {'lr_schedule': 'constant'}},
+      {'train': {'num_steps': 20}, 'optim': {'lr_schedule': 'constant'},
+       'bounds': {'gp': {'decay_horizon': 5}}})[0].startswith('train.num_steps: 10')
+  assert checkpoints.schedule_differences(
+      {'train': {'num_steps': 10}}, {'train': {'num_steps': 20},
+                                     'optim': {'lr_schedule': 'constant'}}) == []
+  # The same length resumes (the run is complete: nothing to train).
+  assert train.iteration(run.train_and_evaluate(cfg, str(tmp_path))) == 10
+
+
 def test_a_key_added_since_the_checkpoint_matches_only_its_old_behaviour():
   saved = {'bounds': {'diff': {'weight': 1.0}}, 'model': {'energy': {'confine': 10.0}}}
   now = {'bounds': {'diff': {'weight': 1.0, 'energy_l2': 0.0}},
