@@ -1,4 +1,4 @@
-"""Restore the latest checkpoint of a toy run for a benchmark that reads its networks.
+"""Restore a checkpoint (by default the latest) of a toy run for a benchmark that reads its networks.
 
 The checkpoint's own config says how many seeds the run trained and which networks: the
 networks (config.model, confinement and output scale included) and the optimiser settings are
@@ -17,12 +17,13 @@ _SHAPE_KEYS = ('model.', 'data.name', 'data.shape', 'train.num_seeds', 'bounds.l
                'bounds.upper', 'bounds.mi.hidden')
 
 
-def restore(workdir: str, preset: str, num_seeds: int | None = None):
-  """(config, networks, state, step) of the latest checkpoint in `workdir`.
+def restore(workdir: str, preset: str, num_seeds: int | None = None, step: int | None = None):
+  """(config, networks, state, step) of checkpoint `step` (None: the latest) in `workdir`.
 
   `preset` is the configs/toy.py argument the run was started with (its overrides of bound
   weights and schedules do not matter here); `num_seeds` defaults to the run's. Raises
-  app.UsageError naming the fix for a workdir without checkpoints, or for a preset or seed
+  app.UsageError naming the fix for a workdir without checkpoints (or without `step`: the
+  message lists the ones there), or for a preset or seed
   count whose state shapes differ from the run's."""
   # pylint: disable=import-outside-toplevel
   from bibound_jax import assemble
@@ -31,7 +32,7 @@ def restore(workdir: str, preset: str, num_seeds: int | None = None):
   manager = checkpoints.open_manager(workdir, read_only=True)
   try:
     try:
-      step = checkpoints.choose_step(manager, None)
+      step = checkpoints.choose_step(manager, step)
     except checkpoints.CheckpointError as e:
       raise app.UsageError(f'{e} (--workdir is the run directory, the one holding '
                            'checkpoints/).') from None
@@ -73,15 +74,16 @@ def _set_networks(cfg, saved: dict) -> None:
 
 
 def define_flags() -> None:
-  """--workdir, --preset and --num_seeds, as `restore_from_flags` reads them."""
+  """--workdir, --preset, --num_seeds and --step, as `restore_from_flags` reads them."""
   flags.DEFINE_string('workdir', None, 'The run directory holding checkpoints/.')
   flags.DEFINE_string('preset', 'sv+gp', 'configs/toy.py argument of the run.')
   flags.DEFINE_integer('num_seeds', None, 'train.num_seeds of the run (default: the '
                        "checkpoint's).")
+  flags.DEFINE_integer('step', None, 'The checkpoint to read (default: the latest).')
   flags.mark_flag_as_required('workdir')
 
 
 def restore_from_flags():
   """`restore` with the flags of `define_flags`."""
   f = flags.FLAGS
-  return restore(f.workdir, f.preset, f.num_seeds)
+  return restore(f.workdir, f.preset, f.num_seeds, f.step)

@@ -192,6 +192,11 @@ def test_checkpoint_restore_and_resume_match_an_uninterrupted_run(tmp_path):
     toy_checkpoint.restore(str(tmp_path / 'a'), 'authors,mi+diff')
   with pytest.raises(app.UsageError, match=r'No checkpoint in .*train first.*--workdir is'):
     toy_checkpoint.restore(str(tmp_path / 'nothing'), 'authors')
+  # An earlier checkpoint on request; a missing one lists those there.
+  _, _, early, early_step = toy_checkpoint.restore(str(tmp_path / 'a'), '', step=10)
+  assert early_step == train.iteration(early) == 10
+  with pytest.raises(app.UsageError, match=r'No checkpoint of step 15 .*available: 10, 20'):
+    toy_checkpoint.restore(str(tmp_path / 'a'), '', step=15)
   # Continuing to 30 resumes from 20 and lands where a straight 30-step run lands.
   cfg30 = small_config(num_steps=30)
   resumed = run.train_and_evaluate(cfg30, str(tmp_path / 'a'))
