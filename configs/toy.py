@@ -16,7 +16,7 @@ The optional argument is a comma-separated list of a data set name, `authors` an
 preset:
   sv+gp    (default) SV entropy lower bound for G, GP upper bound for E: bidirectional training
   mi+diff  MI entropy lower bound (output noise + Barber-Agakov encoder), diffusion upper bound
-           with a time-conditioned energy
+           with a time-conditioned energy and an energy penalty (bounds.diff.energy_l2 0.1)
   none     SV lower bound only, no energy regulariser (MEG/VERA-style minimax; diverges)
   r1       SV lower bound, zero-centred R1 penalty on the data (the authors' EBM_0GP)
   wgan_gp  no entropy term, WGAN-GP critic penalty
@@ -69,6 +69,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (model.energy.time_scale = 1) it keeps E(., 0) tied to what DSM constrains
   # (docs/results.md, "mi+diff").
   config.bounds.diff.weight = 1.0
+  # With the diffusion bound only: a (mean E(real)^2 + mean E(fake)^2), a = 0.1, ties the
+  # depths of E's wells; without it the energy runs away once G reaches the modes (at 150k:
+  # largest E(fake) - E(real) 196 +- 130 without, 3.6 +- 0.4 with; docs/results.md, rows 13-14).
+  config.bounds.diff.energy_l2 = 0.1
   config.train.steps_per_call = 10   # a toy step is ~3 ms on CPU, a third of it dispatch
 
   config.data = ml_collections.ConfigDict()

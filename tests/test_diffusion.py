@@ -254,8 +254,10 @@ def test_toy_time_energy_keeps_the_toy_spectral_norm():
   cfg = toy.get_config('authors,mi+diff')
   energy = assemble.networks(cfg).energy
   assert isinstance(energy, TimeMLPEnergy) and energy.spectral_norm
-  # Smooth in t (E(., 0) tied to E(., t_min), which DSM sees) and the bound's own weight.
+  # Smooth in t (E(., 0) tied to E(., t_min), which DSM sees), the bound's own weight and the
+  # energy penalty that stops the toy's run-away (docs/results.md, rows 13-14).
   assert energy.time_scale == 1.0 and cfg.bounds.diff.weight == 1.0
+  assert cfg.bounds.diff.energy_l2 == 0.1
   emb = lambda t: sinusoidal_embedding(jnp.asarray([t]), 32, energy.time_scale)
   assert float(jnp.max(jnp.abs(emb(0.0) - emb(cfg.bounds.diff.t_min)))) < 2e-3
 
