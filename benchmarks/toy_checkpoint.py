@@ -1,4 +1,4 @@
-"""Restore a checkpoint (by default the latest) of a toy run for a benchmark that reads its networks.
+"""Restore a checkpoint (the latest by default) of a toy run, for benchmarks that read its networks.
 
 The checkpoint's own config says how many seeds the run trained and which networks: the
 networks (config.model, confinement and output scale included) and the optimiser settings are
