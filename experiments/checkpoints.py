@@ -136,9 +136,13 @@ def saved_config(manager: ocp.CheckpointManager, step: int) -> dict:
 
 
 def check_config(manager: ocp.CheckpointManager, step: int, config,
-                 allowed=RESUMABLE_KEYS) -> None:
-  """CheckpointError listing the keys where `config` differs from checkpoint `step`'s."""
-  diffs = config_differences(saved_config(manager, step), config.to_dict(), allowed)
+                 allowed=RESUMABLE_KEYS, resuming: bool = False) -> None:
+  """CheckpointError listing the keys where `config` differs from checkpoint `step`'s (and,
+  `resuming` training, a longer run where a schedule spans it: `schedule_differences`)."""
+  saved = saved_config(manager, step)
+  diffs = config_differences(saved, config.to_dict(), allowed)
+  if resuming:
+    diffs += schedule_differences(saved, config.to_dict())
   if diffs:
     seeds = ('\nThe seeds of a run are fixed when it starts (train.num_seeds): train another '
              'number of seeds in a new --workdir.' if any(d.startswith('train.num_seeds:')
@@ -186,11 +190,7 @@ def restore(manager: ocp.CheckpointManager, state: train.BiboundState, rng: jax.
   if step is None:
     return None
   if config is not None:
-    check_config(manager, step, config)
-    if resuming:
-      diffs = schedule_differences(saved_config(manager, step), config.to_dict())
-      if diffs:
-        raise CheckpointError(f'Cannot resume {step_dir(manager, step)}: ' + ' '.join(diffs))
+    check_config(manager, step, config, resuming=resuming)
   template = {'state': state, 'rng': jax.random.key_data(rng)}
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
   try:

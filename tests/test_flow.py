@@ -130,6 +130,13 @@ def test_authors_variant_restores_the_authors_networks():
   config_lib.validate_config(cfg, ('25gaussians',))
 
 
+def _with_slopes(variables, a):
+  """`variables` with every PReLU negative slope set to a."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: jnp.full_like(leaf, a) if 'negative_slope' in str(path) else leaf,
+      variables)
+
+
 def test_bounded_prelu_slopes_keep_the_parameters_and_clip_the_slope():
   x = jnp.array([[0.5, -0.3], [-2.0, 1.0], [1.0, 1.0]])
   free = toy_models.MLPEnergy(hidden=(8, 8))
@@ -140,18 +147,10 @@ def test_bounded_prelu_slopes_keep_the_parameters_and_clip_the_slope():
   np.testing.assert_allclose(bounded.apply(v, x), free.apply(v, x), rtol=1e-6)
   # Slopes of 12 act as slopes of 1 (and -12 as -1).
   for a in (12.0, -12.0):
-    steep = jax.tree_util.tree_map_with_path(
-        lambda path, leaf: jnp.full_like(leaf, a) if 'negative_slope' in str(path) else leaf, v)
-    clipped = jax.tree_util.tree_map_with_path(
-        lambda path, leaf: jnp.full_like(leaf, a / 12.0) if 'negative_slope' in str(path)
-        else leaf, v)
+    steep, clipped = _with_slopes(v, a), _with_slopes(v, a / 12.0)
     np.testing.assert_allclose(bounded.apply(steep, x), free.apply(clipped, x), rtol=1e-6)
     assert not np.allclose(free.apply(steep, x), free.apply(clipped, x))
-  timed = TimeMLPEnergy(hidden=(8,), prelu_bound=1.0)
-  vt = TimeMLPEnergy(hidden=(8,)).init(jax.random.key(2), x)
-  steep = jax.tree_util.tree_map_with_path(
-      lambda path, leaf: jnp.full_like(leaf, 5.0) if 'negative_slope' in str(path) else leaf, vt)
-  unit = jax.tree_util.tree_map_with_path(
-      lambda path, leaf: jnp.full_like(leaf, 1.0) if 'negative_slope' in str(path) else leaf, vt)
-  np.testing.assert_allclose(timed.apply(steep, x, 0.3),
-                             TimeMLPEnergy(hidden=(8,)).apply(unit, x, 0.3), rtol=1e-6)
+  timed, free_timed = TimeMLPEnergy(hidden=(8,), prelu_bound=1.0), TimeMLPEnergy(hidden=(8,))
+  vt = free_timed.init(jax.random.key(2), x)
+  np.testing.assert_allclose(timed.apply(_with_slopes(vt, 5.0), x, 0.3),
+                             free_timed.apply(_with_slopes(vt, 1.0), x, 0.3), rtol=1e-6)
