@@ -11,7 +11,10 @@ and the share of the KL carried by the 10 most over-represented modes. With --cl
 saved mode-counting classifier, e.g. WORKDIR/mnist_classifier.msgpack), a second table gives
 the classifier's confidence (max softmax) on the saved images' channels, for the commonest
 digit and for the others, and on the embedded real test digits: are the over-produced digits
-ambiguous strokes the classifier files under that label, or confident ones?
+ambiguous strokes the classifier files under that label, or confident ones? A last table
+gives each npz row's pixel statistics (`modes.pixel_statistics`: neighbour-pixel correlation,
+saturated share) beside those of real stacked digits: are the samples digits or pixel noise
+that the classifier still files under some label?
 """
 import sys
 
@@ -67,6 +70,24 @@ def confidence(paths, classifier_path):
   _confidence_row(f'real digits (embedded test set, {len(test_x)})', probs(np.asarray(test_x)))
 
 
+def pixel_table(paths):
+  print('\n| images | neighbour-pixel correlation | saturated share |\n| --- | --- | --- |')
+  for path in paths:
+    if path.endswith('.npz'):
+      data = np.load(path)
+      for seed, images in zip(data['seeds'], data['images']):
+        out = modes_lib.pixel_statistics(images)
+        print(f"| {path} seed {seed} | {out['neighbour_correlation']:.3f} | "
+              f"{out['saturated_fraction']:.3f} |")
+  test_x, _, _ = mnist.load_mnist('test', source='embedded')
+  test_x = np.asarray(test_x)
+  n = len(test_x) // 3   # stacked as the task stacks them: three different digits per image
+  real = np.stack([test_x[:n], test_x[n:2 * n], test_x[2 * n:3 * n]], axis=-1)
+  out = modes_lib.pixel_statistics(real)
+  print(f"| real stacked digits (embedded test set, {n}) | {out['neighbour_correlation']:.3f} | "
+        f"{out['saturated_fraction']:.3f} |")
+
+
 def main(argv):
   paths = argv[1:]
   print('| samples | N | KL | KL ch0 / ch1 / ch2 | TC | plug-in bias | digit freq. range '
@@ -88,6 +109,7 @@ def main(argv):
             f"{out['total_correlation']:.3f} | {out['plugin_bias']:.3f} | {ranges} | {top:.2f} |")
   if FLAGS.classifier:
     confidence(paths, FLAGS.classifier)
+  pixel_table(paths)
 
 
 if __name__ == '__main__':

@@ -84,3 +84,20 @@ def test_kl_decomposition_splits_marginals_and_dependence():
                                 [[0, 0, 0], [0, 0, 7], [3, 0, 5], [9, 9, 9]])
   assert modes_lib.kl_decomposition(np.arange(1000).repeat(26))['plugin_bias'] == (
       pytest.approx(999 / 52_000))
+
+
+def test_pixel_statistics_tell_strokes_from_noise():
+  rng = np.random.default_rng(0)
+  noise = rng.integers(0, 256, (200, 28, 28, 3), dtype=np.uint8)
+  out = modes_lib.pixel_statistics(noise)
+  assert out['neighbour_correlation'] == pytest.approx(0.0, abs=0.01)
+  assert out['saturated_fraction'] == pytest.approx(6 / 256, abs=0.003)   # 0..2 and 253..255
+  # Each row a constant: every pixel equals its right neighbour.
+  rows = np.repeat(rng.integers(0, 256, (50, 28, 1, 3), dtype=np.uint8), 28, axis=2)
+  assert modes_lib.pixel_statistics(rows)['neighbour_correlation'] == pytest.approx(1.0)
+  # By hand: one image, one row [0, 255, 0]: pairs (-1, 1) and (1, -1), correlation -1.
+  stripe = np.array([0, 255, 0], np.uint8).reshape(1, 1, 3, 1)
+  assert modes_lib.pixel_statistics(stripe) == pytest.approx(
+      {'neighbour_correlation': -1.0, 'saturated_fraction': 1.0})
+  with pytest.raises(ValueError, match='uint8 images'):
+    modes_lib.pixel_statistics(noise.astype(np.float32))

@@ -82,6 +82,25 @@ def kl_decomposition(modes) -> dict:
           'plugin_bias': (NUM_MODES - 1) / (2 * modes.size)}
 
 
+def pixel_statistics(images) -> dict:
+  """Two numbers that tell digit-like images from pixel noise (uint8 (N, H, W, C), 0..255):
+
+      neighbour_correlation  Pearson correlation of horizontally adjacent pixels x[h, w] and
+                             x[h, w + 1] over all images and channels (i.i.d. noise: 0;
+                             strokes and background: near 1);
+      saturated_fraction     share of pixels within 2% of either end of the range, |x| > 0.98
+                             on the [-1, 1] scale (MNIST: most pixels are background or ink).
+  """
+  x = np.asarray(images)
+  if x.ndim != 4 or x.dtype != np.uint8:
+    raise ValueError(f'pixel_statistics takes uint8 images (N, H, W, C), got {x.dtype} '
+                     f'{x.shape}: pass the `images` array of an eval/samples_<step>.npz row.')
+  x = x.astype(np.float64) / 127.5 - 1.0
+  left, right = x[:, :, :-1, :].ravel(), x[:, :, 1:, :].ravel()
+  return {'neighbour_correlation': float(np.corrcoef(left, right)[0, 1]),
+          'saturated_fraction': float(np.mean(np.abs(x) > 0.98))}
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _channel_digits(classifier_apply, params, x):
   """(B, 28, 28, 3) -> int32 (B, 3): argmax digit of each channel, classified separately."""
