@@ -2,6 +2,7 @@
 
     python -m benchmarks.startup                       # toy (2,000 iterations), StackedMNIST :cpu
     python -m benchmarks.startup --runs=toy --repeats=3
+    python -m benchmarks.startup --runs=toy_authors --warm_up=on,off    # the evaluation warm-up
 
 Each measurement runs `python -m experiments.main` as a new process in a fresh workdir, as a
 user would, and reads the loop's `timings.json`: start-up (process launch to the first
@@ -9,7 +10,9 @@ compiled call: imports, config, networks, data), the first call (compilation and
 `train.steps_per_call` iterations), the remaining training, the evaluations (the final one
 included) and the whole process. "cold" starts with an empty compilation cache
 (`--compilation_cache`), "warm" reruns with the cache the cold run filled. Prints the median
-over `--repeats` of each.
+over `--repeats` of each. `--warm_up=on,off` runs each toy run with the evaluation compiled in
+the background (`eval.warm_up`, the toy's default) and without, interleaved, for a paired
+comparison.
 """
 from __future__ import annotations
 
@@ -30,29 +33,32 @@ flags.DEFINE_list('runs', ['toy', 'stackedmnist'],
 flags.DEFINE_integer('repeats', 1, 'Cold/warm pairs per run (medians printed).')
 flags.DEFINE_integer('toy_steps', 2000, 'Toy iterations.')
 flags.DEFINE_integer('stackedmnist_steps', 200, 'StackedMNIST :cpu iterations.')
+flags.DEFINE_list('warm_up', ['on'], "Toy runs: eval.warm_up 'on' (the default), 'off', or "
+                  'both, interleaved.')
 FLAGS = flags.FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def command(run: str, workdir: str, cache: str) -> list[str]:
+def command(run: str, workdir: str, cache: str, warm_up: str = 'on') -> list[str]:
   common = [sys.executable, '-m', 'experiments.main', f'--workdir={workdir}',
             f'--compilation_cache={cache}']
   if run in ('toy', 'toy_authors'):
     arg = ':authors' if run == 'toy_authors' else ''
     return common + [f'--config=configs/toy.py{arg}',
                      f'--config.train.num_steps={FLAGS.toy_steps}',
-                     f'--config.train.eval_every={FLAGS.toy_steps}']
+                     f'--config.train.eval_every={FLAGS.toy_steps}',
+                     f'--config.eval.warm_up={warm_up == "on"}']
   steps = FLAGS.stackedmnist_steps
   return common + ['--config=configs/stackedmnist.py:cpu', f'--config.train.num_steps={steps}',
                    '--config.eval.num_samples=2000',
                    f'--config.eval.classifier_path={os.path.join(cache, "classifier.msgpack")}']
 
 
-def measure(run: str, cache: str) -> dict:
+def measure(run: str, cache: str, warm_up: str = 'on') -> dict:
   with tempfile.TemporaryDirectory() as workdir:
     launched = time.time()
-    proc = subprocess.run(command(run, workdir, cache), cwd=REPO, capture_output=True,
+    proc = subprocess.run(command(run, workdir, cache, warm_up), cwd=REPO, capture_output=True,
                           text=True)
     ended = time.time()
     if proc.returncode:
@@ -71,13 +77,19 @@ def measure(run: str, cache: str) -> dict:
 
 def main(argv):
   del argv
+  bad = set(FLAGS.warm_up) - {'on', 'off'}
+  if bad:
+    raise app.UsageError(f'--warm_up takes on and/or off, got {sorted(bad)}.')
   rows = {}
   for run in FLAGS.runs:
+    settings = FLAGS.warm_up if run.startswith('toy') else ['on']
     for _ in range(FLAGS.repeats):
-      with tempfile.TemporaryDirectory() as cache:
-        for phase in ('cold', 'warm'):
-          rows.setdefault((run, phase), []).append(measure(run, cache))
-          print(f'{run} {phase}: {rows[(run, phase)][-1]}', file=sys.stderr, flush=True)
+      for warm_up in settings:
+        name = run if len(settings) == 1 else f'{run}, warm-up {warm_up}'
+        with tempfile.TemporaryDirectory() as cache:
+          for phase in ('cold', 'warm'):
+            rows.setdefault((name, phase), []).append(measure(run, cache, warm_up))
+            print(f'{name} {phase}: {rows[(name, phase)][-1]}', file=sys.stderr, flush=True)
   keys = list(next(iter(rows.values()))[0])
   print(f'\nSeconds, median of {FLAGS.repeats}; toy {FLAGS.toy_steps} iterations, StackedMNIST '
         f':cpu {FLAGS.stackedmnist_steps} iterations with a 2,000-sample evaluation\n')

@@ -100,6 +100,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.num_samples = 10_000     # generator and data samples for metrics and plots
   config.eval.grid_spacing = 0.01      # quadrature grid over [-L, L]^2, L >= 2
   config.eval.gp_samples = 2_000       # latents for the evaluation GP estimate
+  # Compile the evaluation in a background thread while the train step compiles
+  # (experiments/evaluation.py, start_warm_up; docs/performance.md, "Start-up").
+  config.eval.warm_up = True
 
   common.parse_arg(config, arg, 'configs/toy.py',
                    {**{name: _dataset(name) for name in DATASETS}, 'authors': authors})

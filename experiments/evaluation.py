@@ -9,18 +9,40 @@ both on process 0 only, and returns the scalars. Subclasses implement `compute` 
 """
 from __future__ import annotations
 
+import threading
+
 import jax
 import numpy as np
+from absl import logging
 
 from bibound_jax import assemble
 from bibound_jax import generator as generator_lib
 from experiments import history as history_lib
 
 
+# Set in the warm-up thread only: `program`s compile for their arguments and do not run.
+_COMPILE_ONLY = threading.local()
+
+
+def program(fn):
+  """jax.jit(fn) for an evaluator: called from `Evaluator.start_warm_up`'s thread it compiles
+  for its arguments (ahead of time, into the jit's own cache, so the later call with arguments
+  of the same shapes compiles nothing) and returns zeros of the output's shape instead of
+  running; called from anywhere else it is jax.jit(fn)."""
+  jitted = jax.jit(fn)
+
+  def call(*args):
+    if getattr(_COMPILE_ONLY, 'on', False):
+      jitted.lower(*args).compile()
+      return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(jitted, *args))
+    return jitted(*args)
+  return call
+
+
 def jit_energy(module):
   """jit-compiled E(params, x) of an energy module (a time-conditioned energy at t = 0, the
   EBM itself)."""
-  return jax.jit(lambda p, x: module.apply({'params': p}, x))
+  return program(lambda p, x: module.apply({'params': p}, x))
 
 
 class Evaluator:
@@ -34,7 +56,42 @@ class Evaluator:
     self.seeds = assemble.seeds(config)
     self._energy = jit_energy(networks.energy)
     # G(z) as evaluation samples it: BatchNorm on the running statistics, no output noise.
-    self._generate = jax.jit(lambda g, z: generator_lib.generate(g, z, train=False)[0])
+    self._generate = program(lambda g, z: generator_lib.generate(g, z, train=False)[0])
+    self._warm_up = None
+
+  def start_warm_up(self, state, workdir: str) -> None:
+    """With `eval.warm_up` (the toy's default): run `compute` on the first seed of `state`
+    (the run's state before its first call) in a background thread in which the evaluator's
+    `program`s only compile, and import matplotlib, so that the run's first evaluation finds
+    its programs compiled instead of compiling them when training stops. On a machine with a
+    spare core this overlaps the compilation of the train step (docs/performance.md,
+    "Start-up"). The evaluation noise is drawn for real (it is cached). `evaluate` waits for
+    it. The state is copied to the host here, before the train step donates its buffers."""
+    if not self.config.eval.get('warm_up', False):
+      return
+    if not (jax.process_index() == 0 or self.all_processes):
+      return
+    first = assemble.seed_slice(jax.device_get(state), 0)
+
+    def work():
+      _COMPILE_ONLY.on = True
+      try:
+        with np.errstate(all='ignore'):   # statistics of the programs' placeholder zeros
+          self.compute(first, self.seeds[0], workdir)
+        if jax.process_index() == 0:
+          from experiments import plotting  # pylint: disable=import-outside-toplevel
+          plotting.warm_up()
+      except Exception as e:  # noqa: BLE001  (the real evaluation raises it again)
+        logging.warning('Evaluation warm-up failed (%s: %s); the first evaluation will '
+                        'compile its programs itself.', type(e).__name__, e)
+    self._warm_up = threading.Thread(target=work, name='evaluation-warm-up', daemon=True)
+    self._warm_up.start()
+
+  def wait_for_warm_up(self) -> None:
+    """Block until a warm-up started by `start_warm_up` has finished (no-op without one)."""
+    if self._warm_up is not None:
+      self._warm_up.join()
+      self._warm_up = None
 
   def energies(self, params, x, batch_size: int) -> np.ndarray:
     """E(x) of an array of inputs, `batch_size` at a time, on the host."""
@@ -63,6 +120,7 @@ class Evaluator:
     chief = jax.process_index() == 0
     if not (chief or self.all_processes):
       return {}
+    self.wait_for_warm_up()
     host = jax.device_get(state)
     results = [self.compute(assemble.seed_slice(host, k), seed, workdir)
                for k, seed in enumerate(self.seeds)]

@@ -17,6 +17,17 @@ def pyplot():
   return plt
 
 
+def warm_up() -> None:
+  """Import pyplot and draw a small figure off-screen (loads the fonts): what a run's first
+  figure would otherwise pay for."""
+  from matplotlib.backends import backend_agg  # pylint: disable=import-outside-toplevel
+  from matplotlib import figure  # pylint: disable=import-outside-toplevel
+  pyplot()
+  fig = figure.Figure(figsize=(1, 1))
+  fig.add_subplot().set_title('warm-up')
+  backend_agg.FigureCanvasAgg(fig).draw()
+
+
 def image_grid(images: np.ndarray, ncol: int | None = None, pad: int = 2) -> np.ndarray:
   """(N, H, W, C) images in [-1, 1] -> one uint8 (rows*(H+pad)+pad, ncol*(W+pad)+pad, C) tile
   image: x -> round((x + 1) * 127.5), clipped; grey (C = 1) is returned with C = 1."""

@@ -19,6 +19,7 @@ The data pipeline and the evaluator come from the task of `config.data.name`
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -170,6 +171,20 @@ def _report_expected_time(measured_from, step: int, state, config):
   return None
 
 
+@contextlib.contextmanager
+def _evaluation_warm_up(evaluator, state, workdir: str, training: bool):
+  """The evaluator's warm-up (`Evaluator.start_warm_up`) runs in the background while the
+  loop trains; on any exit from the loop it is waited for (a thread still compiling while the
+  interpreter shuts down could crash it). Enter before the first call donates `state`."""
+  if evaluator is not None and training:
+    evaluator.start_warm_up(state, workdir)
+  try:
+    yield
+  finally:
+    if evaluator is not None:
+      evaluator.wait_for_warm_up()
+
+
 def train_and_evaluate(config, workdir: str) -> train.BiboundState:
   """Train (or resume) the run described by `config` in `workdir`; returns the final state."""
   timings = {'entered': time.time(), 'evaluations_s': []}
@@ -234,7 +249,8 @@ def train_and_evaluate(config, workdir: str) -> train.BiboundState:
   waited = lambda: getattr(batch_at, 'waited', 0.0)
   data_wait = waited()
   measured_from = None   # (iteration, time) after compilation, until the estimate is logged
-  with metric_writers.ensure_flushes(writer), _Preemption() as preempted:
+  with (metric_writers.ensure_flushes(writer), _Preemption() as preempted,
+        _evaluation_warm_up(evaluator, state, workdir, start < num_steps)):
     step = start
     while step < num_steps:
       # `step` counts iterations done after this call; the step functions donate `state`.

@@ -100,14 +100,14 @@ class ToyEvaluator(evaluation.Evaluator):
       # 0 in float32 and has no sign (slogdet's sign is 0 only for a singular J).
       det = jax.vmap(lambda zi: jnp.linalg.slogdet(entropy.jacobian(fn, g.params, zi))[0])(z)
       return exact, estimate, det
-    self._latent_terms = jax.jit(latent_terms)
+    self._latent_terms = evaluation.program(latent_terms)
 
     def gp(e_params, g, z, probes):
       energy_fn = lambda x: networks.energy.apply({'params': e_params}, x)
       per_sample, _ = gradient_penalty.gp_fisher(energy_fn, generator_lib.inference_fn(g),
                                                  g.params, z, probes, None)
       return jnp.mean(per_sample)
-    self._gp = jax.jit(gp)
+    self._gp = evaluation.program(gp)
 
   def noise(self, seed: int) -> _Noise:
     """The fixed evaluation noise of `seed` (from fold_in(key(seed), 2))."""

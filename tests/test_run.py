@@ -327,3 +327,42 @@ def test_toy_bound_failures_name_the_seeds_and_check_l_up_only_for_the_gp():
       ('L_lo > NLL (the entropy term over-counts)', [4])]
   assert toy_eval.bound_failures({'lower_bound_fails': 0.0, 'upper_bound_fails': 0.0},
                                  [0], 'gp') == []
+
+
+def test_evaluation_warm_up_compiles_every_program_the_first_evaluation_runs(tmp_path):
+  from experiments import tasks   # pylint: disable=import-outside-toplevel
+  cfg = small_config()
+  nets, state, rng = assemble.initial_state(cfg)
+  step = train.make_train_step(cfg)
+  batch = jax.random.uniform(jax.random.key(1), (1, 1, cfg.train.batch_size, 2))
+  state, _ = step(state, batch, rng)
+  # Executables produced (compiled, or read from the persistent cache the tests share).
+  produced = []
+  names = ('/jax/core/compile/backend_compile_duration', '/jax/compilation_cache/cache_hits')
+  on_event = lambda name, *a, **k: produced.append(name) if name in names else None
+  jax.monitoring.register_event_listener(on_event)
+  jax.monitoring.register_event_duration_secs_listener(on_event)
+  try:
+    evaluator = tasks.validate(cfg).evaluator(cfg, nets)
+    evaluator.start_warm_up(state, str(tmp_path))
+    # The warm-up holds a host copy: the train step may donate `state` while it compiles.
+    state, _ = step(state, batch, rng)
+    evaluator.wait_for_warm_up()
+    assert produced, 'the warm-up compiled nothing'
+    assert not os.path.exists(tmp_path / 'eval')   # and wrote nothing
+    produced.clear()
+    m = evaluator.evaluate(state, 2, str(tmp_path))
+    # The evaluation of the trained state compiled nothing and read nothing from the cache.
+    assert produced == []
+  finally:
+    jax.monitoring.unregister_event_listener(on_event)
+    jax.monitoring.unregister_event_duration_listener(on_event)
+  # Off: no thread; the same numbers (the warm-up's placeholder outputs reach no metric).
+  cfg.eval.warm_up = False
+  evaluator = tasks.validate(cfg).evaluator(cfg, nets)
+  evaluator.start_warm_up(state, str(tmp_path))
+  assert evaluator._warm_up is None   # pylint: disable=protected-access
+  cold = evaluator.evaluate(state, 2, str(tmp_path / 'off'))
+  assert np.isfinite(m['nll'])
+  assert {k: v for k, v in cold.items() if k != 'wall_s'} == pytest.approx(
+      {k: v for k, v in m.items() if k != 'wall_s'}, rel=1e-6)
