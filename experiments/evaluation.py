@@ -33,8 +33,9 @@ def program(fn):
 
   def call(*args):
     if getattr(_COMPILE_ONLY, 'on', False):
-      jitted.lower(*args).compile()
-      return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(jitted, *args))
+      lowered = jitted.lower(*args)
+      lowered.compile()
+      return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), lowered.out_info)
     return jitted(*args)
   return call
 
