@@ -3,6 +3,7 @@
     python -m benchmarks.step_time                       # the authors' toy networks
     python -m benchmarks.step_time --networks=toy,fc,dcgan32 --iters=5
     python -m benchmarks.step_time --num_seeds=1,2,4,8,16 --pairings='sv+gp exact_smin'
+    python -m benchmarks.step_time --networks=toy,toy_flow --program_size
       toy      the authors' toy pair (configs/toy.py:authors: MLPs 2-100-100, batch 200)
       toy_flow the default toy pair (configs/toy.py: MLP energy, spline coupling flow G)
       fc       StackedMNIST FC pair (configs/stackedmnist.py, d = 32, batch 64)
@@ -18,11 +19,19 @@ the table gives the time per seed-iteration and its ratio to the first seed coun
 `train.steps_per_call` per compiled call as in the run loop (the toy: 10); --steps_per_call=1
 times one call per iteration. For the CIFAR-10 DCGAN on CPU add --latent_chunk=8: the exact
 estimators' 128-column Jacobians of 64 latents do not fit in memory at once.
+
+--program_size times nothing: it prints each pairing's compiled step as a program (StableHLO
+operations, seconds to trace and lower, seconds for XLA to compile) with ratios to wgan_gp,
+which says where a cold start's compile time comes from (docs/performance.md, "Start-up").
+--set=KEY=VALUE (repeatable) changes every pairing's config, e.g.
+--set=model.generator.layers=1.
 """
 from __future__ import annotations
 
+import collections
 import os
 import platform
+import re
 import sys
 import time
 
@@ -32,6 +41,7 @@ from absl import app
 from absl import flags
 
 from benchmarks.networks import NETWORKS
+from benchmarks.networks import apply_overrides
 from benchmarks.networks import get_config
 from bibound_jax import assemble
 from bibound_jax import train
@@ -50,6 +60,9 @@ flags.DEFINE_integer('steps_per_call', 0, 'Iterations per compiled call (0: the 
 flags.DEFINE_integer('latent_chunk', -1, 'bounds.sv.latent_chunk for every pairing (-1: the '
                      "config's; k > 0 loops over k latents at a time, which the exact estimators "
                      'need at d = 128 on CPU to fit in memory).')
+flags.DEFINE_bool('program_size', False, 'Print the size and compile time of every pairing\'s '
+                  'step instead of timing it.')
+flags.DEFINE_multi_string('set', [], 'KEY=VALUE config override for every pairing (repeatable).')
 FLAGS = flags.FLAGS
 
 # (label, preset, config.bounds.sv overrides)
@@ -71,15 +84,52 @@ PAIRINGS = [
 ]
 
 
-def make_runner(network, preset, overrides, num_seeds=1):
-  """run(n): n training iterations (a multiple of steps_per_call) of `num_seeds` seeds at once
-  on a fixed batch."""
+def pairing_config(network, preset, overrides, num_seeds=1):
+  """(config, iterations per compiled call) of one pairing, with the command line's changes."""
   cfg = get_config(network, preset)
   cfg.bounds.sv.update(overrides)
+  apply_overrides(cfg, FLAGS.set)
   cfg.train.num_seeds = num_seeds
   if FLAGS.latent_chunk >= 0:
     cfg.bounds.sv.latent_chunk = FLAGS.latent_chunk
-  k = FLAGS.steps_per_call or cfg.train.steps_per_call
+  return cfg, FLAGS.steps_per_call or cfg.train.steps_per_call
+
+
+def program_size(network, preset, overrides) -> tuple[collections.Counter, float, float]:
+  """(StableHLO operation counts, trace + lower seconds, compile seconds) of the step the run
+  loop compiles (train.steps_per_call iterations per call), from abstract shapes only."""
+  cfg, k = pairing_config(network, preset, overrides)
+  _, state, rng = assemble.abstract_state(cfg)
+  batch = jax.ShapeDtypeStruct((1, 1, cfg.train.batch_size, *cfg.data.shape), np.float32)
+  step = train.make_train_steps(cfg, k) if k > 1 else train.make_train_step(cfg)
+  t0 = time.perf_counter()
+  lowered = step.lower(state, (batch,) * k if k > 1 else batch, rng)
+  t1 = time.perf_counter()
+  lowered.compile()
+  t2 = time.perf_counter()
+  ops = collections.Counter(re.findall(r'= "?([a-z]+\.[a-z_]+)', lowered.as_text()))
+  return ops, t1 - t0, t2 - t1
+
+
+def size_network(network: str, pairings) -> None:
+  """The --program_size table of one network set."""
+  rows = [(label, *program_size(network, preset, ov)) for label, preset, ov in pairings]
+  base = next(r for r in rows if r[0] == 'wgan_gp')
+  print(f'\n{NETWORKS[network][2]}' + (f', --set {" ".join(FLAGS.set)}' if FLAGS.set else '')
+        + f' ({machine()}), the step as the run loop compiles it\n')
+  print('| pairing | StableHLO ops | ratio to wgan_gp | commonest ops | trace + lower (s) '
+        '| compile (s) | compile, ratio to wgan_gp |')
+  print('| --- | --- | --- | --- | --- | --- | --- |')
+  for label, ops, lower, comp in rows:
+    common = ', '.join(f'{name.split(".")[1]} {n}' for name, n in ops.most_common(3))
+    print(f'| {label} | {sum(ops.values())} | {sum(ops.values()) / sum(base[1].values()):.2f} '
+          f'| {common} | {lower:.1f} | {comp:.1f} | {comp / base[3]:.2f} |', flush=True)
+
+
+def make_runner(network, preset, overrides, num_seeds=1):
+  """run(n): n training iterations (a multiple of steps_per_call) of `num_seeds` seeds at once
+  on a fixed batch."""
+  cfg, k = pairing_config(network, preset, overrides, num_seeds)
   # On the mesh, as the run loop places it: a fresh host state would make the second call
   # compile again (its outputs are committed replicated arrays), inside the timed iterations.
   _, state, _ = assemble.initial_state(cfg)
@@ -149,6 +199,9 @@ def time_network(network: str) -> None:
                          f'{"; ".join(p[0] for p in PAIRINGS)}.')
   seed_counts = [int(n) for n in FLAGS.num_seeds]
   pairings = [p for p in PAIRINGS if p[0] == 'wgan_gp' or not wanted or p[0] in wanted]
+  if FLAGS.program_size:
+    size_network(network, pairings)
+    return
   runners = [((label, n), *make_runner(network, preset, ov, n))
              for label, preset, ov in pairings for n in seed_counts]
   times = {key: [] for key, _, _, _ in runners}
