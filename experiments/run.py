@@ -185,14 +185,27 @@ def _evaluation_warm_up(evaluator, state, workdir: str, training: bool):
       evaluator.wait_for_warm_up()
 
 
+def objective_warnings(config) -> list[str]:
+  """What in `config` makes an objective stop being the bound it is named after."""
+  lower, upper = bounds.from_config(config)
+  messages = []
+  if config.bounds.lambda_h != 1.0 and lower.has_entropy:
+    messages.append(f'bounds.lambda_h = {config.bounds.lambda_h:g} != 1: the generator '
+                    'objective is no longer a lower bound on the log-likelihood '
+                    '(docs/bounds.md).')
+  if upper.name == 'diff' and config.bounds.diff.weight < 1.0:
+    messages.append(f'bounds.diff.weight = {config.bounds.diff.weight:g} < 1: w_diff DSM is '
+                    'below the diffusion bound\'s own weight, so the energy objective no '
+                    'longer bounds the KL term (docs/bounds.md).')
+  return messages
+
+
 def train_and_evaluate(config, workdir: str) -> train.BiboundState:
   """Train (or resume) the run described by `config` in `workdir`; returns the final state."""
   timings = {'entered': time.time(), 'evaluations_s': []}
   task = tasks.validate(config)
-  lower, _ = bounds.from_config(config)
-  if config.bounds.lambda_h != 1.0 and lower.has_entropy:
-    logging.warning('bounds.lambda_h = %g != 1: the generator objective is no longer a lower '
-                    'bound on the log-likelihood (docs/bounds.md).', config.bounds.lambda_h)
+  for message in objective_warnings(config):
+    logging.warning(message)
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
   writer, tensorboard = writers.create_writer(workdir, is_chief)

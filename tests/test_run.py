@@ -64,6 +64,25 @@ def test_command_line_errors_name_the_key():
   assert 'moved to config.optim.energy_steps' in _main('--config.optim.n_critic=2').stderr
 
 
+def test_objectives_that_stop_being_bounds_are_named():
+  """lambda_H != 1 and w_diff < 1 each get a warning; the bounds' own weights none."""
+  assert run.objective_warnings(toy.get_config('sv+gp')) == []
+  assert run.objective_warnings(toy.get_config('mi+diff')) == []
+  cfg = toy.get_config('sv+gp')
+  cfg.bounds.lambda_h = 0.3
+  (message,) = run.objective_warnings(cfg)
+  assert 'bounds.lambda_h = 0.3 != 1' in message and 'lower bound' in message
+  cfg = toy.get_config('wgan_gp')   # no entropy term: lambda_H plays no role
+  cfg.bounds.lambda_h = 0.3
+  assert run.objective_warnings(cfg) == []
+  cfg = toy.get_config('mi+diff')
+  cfg.bounds.diff.weight = 0.1
+  (message,) = run.objective_warnings(cfg)
+  assert 'bounds.diff.weight = 0.1 < 1' in message and 'no longer bounds' in message
+  cfg.bounds.upper = 'gp'   # the diff section's weight is not used
+  assert run.objective_warnings(cfg) == []
+
+
 @pytest.mark.parametrize('key,value,match', [
     ('data.name', 'checkerboard', r'config.data.name.*25gaussians, swiss_roll, two_moons'),
     ('bounds.upper', 'gradient', r'config.bounds.upper.*gp, diff, none, r1, wgan_gp'),
