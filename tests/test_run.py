@@ -81,6 +81,10 @@ def test_objectives_that_stop_being_bounds_are_named():
   assert 'bounds.diff.weight = 0.1 < 1' in message and 'no longer bounds' in message
   cfg.bounds.upper = 'gp'   # the diff section's weight is not used
   assert run.objective_warnings(cfg) == []
+  # StackedMNIST's mi+diff trades the diffusion bound's weight for coverage, and says so.
+  from configs import stackedmnist
+  (message,) = run.objective_warnings(stackedmnist.get_config('cpu,mi+diff'))
+  assert 'bounds.diff.weight = 0.1 < 1' in message
 
 
 @pytest.mark.parametrize('key,value,match', [
