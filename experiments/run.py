@@ -193,11 +193,7 @@ def objective_warnings(config) -> list[str]:
     messages.append(f'bounds.lambda_h = {config.bounds.lambda_h:g} != 1: the generator '
                     'objective is no longer a lower bound on the log-likelihood '
                     '(docs/bounds.md).')
-  if upper.name == 'diff' and config.bounds.diff.weight < 1.0:
-    messages.append(f'bounds.diff.weight = {config.bounds.diff.weight:g} < 1: w_diff DSM is '
-                    'below the diffusion bound\'s own weight, so the energy objective no '
-                    'longer bounds the KL term (docs/bounds.md).')
-  return messages
+  return messages + lower.objective_warnings() + upper.objective_warnings()
 
 
 def train_and_evaluate(config, workdir: str) -> train.BiboundState:

@@ -82,9 +82,12 @@ def test_objectives_that_stop_being_bounds_are_named():
   cfg.bounds.upper = 'gp'   # the diff section's weight is not used
   assert run.objective_warnings(cfg) == []
   # StackedMNIST's mi+diff trades the diffusion bound's weight for coverage, and says so.
-  from configs import stackedmnist
+  from configs import cifar10, stackedmnist
   (message,) = run.objective_warnings(stackedmnist.get_config('cpu,mi+diff'))
   assert 'bounds.diff.weight = 0.1 < 1' in message
+  # The image presets keep the paper's w = 1e-3 and lambda_H = 1e-4: both named.
+  messages = run.objective_warnings(cifar10.get_config('mi+diff'))
+  assert len(messages) == 2 and 'bounds.diff.weight = 0.001 < 1' in messages[1]
 
 
 @pytest.mark.parametrize('key,value,match', [

@@ -43,6 +43,11 @@ class Bound:
     """Keyword arguments of `models.create_models` for the networks this bound needs."""
     return {}
 
+  def objective_warnings(self) -> list[str]:
+    """Settings of this section under which the loss is no longer the bound it is named
+    after (the run logs each)."""
+    return []
+
 
 @dataclasses.dataclass(frozen=True)
 class EnergyInputs:

@@ -229,6 +229,13 @@ class DiffusionBound(base.UpperBound):
                   likelihood_weighting=True, importance_sampling=True, uniform_fraction=0.0,
                   energy_l2=0.0)
 
+  def objective_warnings(self) -> list[str]:
+    w = self.section.weight
+    if w >= 1.0:
+      return []
+    return [f'bounds.diff.weight = {w:g} < 1: w_diff DSM is below the diffusion bound\'s own '
+            'weight, so the energy objective no longer bounds the KL term (docs/bounds.md).']
+
   @classmethod
   def validate(cls, config) -> None:
     config_checks.positive(config, 'bounds.diff.weight', 'bounds.diff.t_min',
