@@ -71,6 +71,8 @@ PAIRINGS = [
     ('r1', 'r1', {}),
     ('none (lower only)', 'none', {}),
     ('sv+gp exact_logdet', 'sv+gp', {'estimator': 'exact_logdet'}),
+    ('sv+gp exact_logdet, dense J', 'sv+gp', {'estimator': 'exact_logdet',
+                                              'generator_log_det': False}),
     ('sv+gp exact_smin', 'sv+gp', {'estimator': 'exact_smin'}),
     ('sv+gp exact_smin, unshared', 'sv+gp', {'estimator': 'exact_smin', 'share_vectors': False}),
     ('sv+gp exact_smin, num_latents 16', 'sv+gp', {'estimator': 'exact_smin', 'num_latents': 16}),

@@ -75,6 +75,29 @@ def batch_statistics(apply_fn: Callable, params, batch_stats, z: jax.Array):
 
 
 @dataclasses.dataclass(frozen=True)
+class PerSample:
+  """The generator at ONE latent: `fn(variables, z) -> x` for z (d,).
+
+  If `has_log_det`, the module computes log |det dG/dz| itself (a square, injective G such as
+  models.flow.SplineFlowGenerator, method `log_abs_det_jacobian`) and `log_det(variables, z)`
+  returns it; the exact log-determinant entropy and GP score then use this closed form (a
+  first derivative of the module) instead of differentiating its Jacobian (a second one):
+  same values, fewer operations to compile and run (docs/performance.md, "Start-up")."""
+  apply_fn: Callable
+  has_log_det: bool = False
+
+  def __call__(self, variables_, z: jax.Array) -> jax.Array:
+    return self.apply_fn(variables_, z[None], train=False)[0]
+
+  def log_det(self, variables_, z: jax.Array) -> jax.Array:
+    """log |det J(z)| = 1/2 log det J^T J in closed form (requires `has_log_det`)."""
+    if not self.has_log_det:
+      raise ValueError('This generator has no closed-form log |det J| '
+                       '(no log_abs_det_jacobian method).')
+    return self.apply_fn(variables_, z[None], method='log_abs_det_jacobian')[0]
+
+
+@dataclasses.dataclass(frozen=True)
 class Generator:
   """A generator TrainState seen by the bounds (apply_fn, params, batch_stats).
 
@@ -90,10 +113,12 @@ class Generator:
     """(G(z), new BatchNorm running averages) for a batch; `train` as in the module."""
     return generate(self.state.replace(params=params), z, train)
 
-  def per_sample(self) -> Callable:
-    """fn(variables, z) -> x for ONE latent z (d,), BatchNorm on variables['batch_stats']."""
-    apply_fn = self.state.apply_fn
-    return lambda variables_, z: apply_fn(variables_, z[None], train=False)[0]
+  def per_sample(self, analytic_log_det: bool = True) -> PerSample:
+    """fn(variables, z) -> x for ONE latent z (d,), BatchNorm on variables['batch_stats'];
+    with the module's closed-form log |det J| when it has one and `analytic_log_det`."""
+    module = getattr(self.state.apply_fn, '__self__', None)
+    has = analytic_log_det and callable(getattr(module, 'log_abs_det_jacobian', None))
+    return PerSample(self.state.apply_fn, has)
 
   def jacobian_variables(self, params, z_batch: jax.Array, batch_norm: str = 'batch') -> dict:
     """The variables of `per_sample` whose Jacobian the bounds use: `params` and, with

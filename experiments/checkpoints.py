@@ -26,10 +26,12 @@ class NonFiniteError(FloatingPointError):
 
 
 # Config keys that may change between a run and its resumption (they do not change what the
-# saved state means); any other difference is an error. A key ending in '.' is a prefix.
+# saved state means, or only the rounding of the updates); any other difference is an error. A
+# key ending in '.' is a prefix.
 RESUMABLE_KEYS = ('train.num_steps', 'train.log_every', 'train.eval_every',
                   'train.checkpoint_every', 'train.keep_checkpoints', 'train.nonfinite',
                   'train.steps_per_call', 'train.divergence_gap', 'train.divergence_energy',
+                  'bounds.sv.generator_log_det',
                   'train.init_from', 'eval.', 'data.data_dir', 'data.download')
 
 # Keys added to the configs after runs had been saved, each with the value that reproduces the

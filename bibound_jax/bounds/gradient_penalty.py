@@ -119,7 +119,7 @@ class GPBound(base.UpperBound):
 
   def term(self, inputs: base.EnergyInputs):
     gen = inputs.generator
-    fn = gen.per_sample()
+    fn = gen.per_sample(self.jacobian.generator_log_det)
     variables = sg(gen.jacobian_variables(gen.params, inputs.z, self.jacobian.batch_norm))
     z = self.jacobian.latents(inputs.z)
     k_probe, k_est, _ = jax.random.split(inputs.key, 3)

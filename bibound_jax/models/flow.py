@@ -50,6 +50,19 @@ def rq_spline(x: jax.Array, raw_widths: jax.Array, raw_heights: jax.Array,
     y = y_k + h_k (s_k xi^2 + d_k xi (1 - xi)) / (s_k + (d_k + d_{k+1} - 2 s_k) xi (1 - xi)),
   strictly increasing because every s_k, d_k > 0.
   """
+  return rq_spline_and_log_slope(x, raw_widths, raw_heights, raw_derivs, bound)[0]
+
+
+def rq_spline_and_log_slope(x: jax.Array, raw_widths: jax.Array, raw_heights: jax.Array,
+                            raw_derivs: jax.Array, bound: float,
+                            with_slope: bool = True) -> tuple[jax.Array, jax.Array | None]:
+  """(y(x), log dy/dx) of `rq_spline`; log dy/dx is None when `with_slope` is False.
+
+  In bin k (Durkan et al., 2019, eq. 5), with t = xi (1 - xi),
+    dy/dx = s_k^2 (d_{k+1} xi^2 + 2 s_k t + d_k (1 - xi)^2) / (s_k + (d_k + d_{k+1} - 2 s_k) t)^2,
+  and 1 outside [-bound, bound]. Written out, so that log |det J| of the flow needs no
+  automatic differentiation of the spline (docs/performance.md, "Start-up").
+  """
   xk, widths = _knots(raw_widths, bound)
   yk, heights = _knots(raw_heights, bound)
   one = jnp.ones(raw_derivs.shape[:-1] + (1,), raw_derivs.dtype)
@@ -63,15 +76,24 @@ def rq_spline(x: jax.Array, raw_widths: jax.Array, raw_heights: jax.Array,
   s = h / w
   xi = (xc - x0) / w
   t = xi * (1.0 - xi)
-  y = y0 + h * (s * xi * xi + d0 * t) / (s + (d0 + d1 - 2.0 * s) * t)
-  return jnp.where(inside, y, x)
+  denom = s + (d0 + d1 - 2.0 * s) * t
+  y = jnp.where(inside, y0 + h * (s * xi * xi + d0 * t) / denom, x)
+  if not with_slope:
+    return y, None
+  numer = s * s * (d1 * xi * xi + 2.0 * s * t + d0 * (1.0 - xi) ** 2)
+  log_slope = jnp.log(numer) - 2.0 * jnp.log(denom)
+  return y, jnp.where(inside, log_slope, 0.0)
 
 
 class SplineFlowGenerator(nn.Module):
   """G(z): `layers` rational-quadratic spline couplings, identity at init (module docstring).
 
   latent_dim must equal the data dimension (a bijection of R^n); `train` is accepted for the
-  generator interface (there is no BatchNorm).
+  generator interface (there is no BatchNorm). `log_abs_det_jacobian(z)` is log |det J_G(z)|
+  in closed form: each coupling's Jacobian is triangular (the moved coordinates depend on
+  themselves only through their own spline), so log |det J| is the sum over layers and moved
+  coordinates of log dy/dx. The SV bound's `exact_logdet` uses it instead of differentiating
+  the Jacobian (bibound_jax/generator.py, `PerSample`).
   """
   latent_dim: int = 2
   data_shape: Sequence[int] = (2,)
@@ -80,15 +102,24 @@ class SplineFlowGenerator(nn.Module):
   num_bins: int = 16
   bound: float = 3.0
 
-  @nn.compact
   def __call__(self, z, train: bool = True):
     del train
+    return self.forward(z, with_log_det=False)[0]
+
+  def log_abs_det_jacobian(self, z):
+    """log |det dG/dz| for each row of z (B, n): shape (B,)."""
+    return self.forward(z, with_log_det=True)[1]
+
+  @nn.compact
+  def forward(self, z, with_log_det: bool = False):
+    """(G(z) (B, *data_shape), log |det J_G(z)| (B,) or None)."""
     n = z.shape[-1]
     if n != math.prod(self.data_shape) or n < 2:
       raise ValueError(f'SplineFlowGenerator is a bijection of R^n: latent_dim ({n}) must '
                        f'equal the data dimension ({math.prod(self.data_shape)}) and be >= 2.')
     k, half = self.num_bins, n // 2
     x = z
+    log_det = jnp.zeros(z.shape[:1], z.dtype) if with_log_det else None
     for layer in range(self.layers):
       # Odd layers move the first half, even layers the second, so every coordinate moves.
       moved = slice(0, half) if layer % 2 else slice(half, n)
@@ -98,7 +129,10 @@ class SplineFlowGenerator(nn.Module):
       params = MLP(tuple(self.hidden), m * (3 * k - 1), nn.initializers.zeros,
                    name=f'coupling_{layer}')(x[:, fixed])
       params = jnp.reshape(params, (x.shape[0], m, 3 * k - 1))
-      y = rq_spline(x[:, moved], params[..., :k], params[..., k:2 * k],
-                    params[..., 2 * k:] + _ZERO_DERIV, self.bound)
+      y, log_slope = rq_spline_and_log_slope(
+          x[:, moved], params[..., :k], params[..., k:2 * k], params[..., 2 * k:] + _ZERO_DERIV,
+          self.bound, with_slope=with_log_det)
+      if with_log_det:
+        log_det = log_det + jnp.sum(log_slope, axis=-1)
       x = x.at[:, moved].set(y)
-    return jnp.reshape(x, (z.shape[0],) + tuple(self.data_shape))
+    return jnp.reshape(x, (z.shape[0],) + tuple(self.data_shape)), log_det
