@@ -12,8 +12,9 @@ one resumes. The table gives, per preset, the final evaluation as mean +- std [m
 the seeds: modes covered and high-quality fraction (25 Gaussians), KL(data || exp(-E)/Z) on the
 grid, the NLL by quadrature, KL(p_g || p_theta) = NLL - L_lo and the folded fraction of the
 generator; how many seeds keep the sandwich L_lo <= NLL <= L_up at every evaluation from
-`--sandwich_from` on; the largest |E| and E(fake) - E(real) of any log step; and the training
-time per iteration. `comparison.png` shows, one row per seed and two panels per preset, the
+`--sandwich_from` on (and, below the table, every seed-evaluation where it fails, with the
+margin); the largest |E| and E(fake) - E(real) of any log step; and the training time per
+iteration. `comparison.png` shows, one row per seed and two panels per preset, the
 generator's samples over the data and the model density exp(-E)/Z.
 """
 from __future__ import annotations
@@ -88,10 +89,12 @@ def results(preset: str, workdir: str) -> dict | None:
   fails = np.zeros(len(seeds), bool)
   # The toy evaluation computes L_up for the GP only; other upper bounds check L_lo <= NLL.
   gp = config_for(preset).bounds.upper == 'gp'
+  out['failures'], out['seed_evaluations'] = [], len(late) * len(seeds)
   for h in late:
-    fails |= np.asarray(per_seed(h, 'lower_bound_fails'), bool)
-    if gp:
-      fails |= np.asarray(per_seed(h, 'upper_bound_fails'), bool)
+    low = np.asarray(per_seed(h, 'lower_bound_fails'), bool)
+    up = np.asarray(per_seed(h, 'upper_bound_fails'), bool) if gp else np.zeros_like(low)
+    fails |= low | up
+    out['failures'] += _failures(h, seeds, low, up)
   out['sandwich_holds'] = (f'{int(np.sum(~fails))}/{len(seeds)}'
                            + ('' if gp else ' (L_lo <= NLL only)'))
   gaps = np.asarray([[r[f'energy_fake{s}'] - r[f'energy_real{s}'] for s in _suffixes(seeds)]
@@ -101,6 +104,25 @@ def results(preset: str, workdir: str) -> dict | None:
   out['max_gap'], out['max_abs_energy'] = list(gaps.max(0)), list(sizes.max(0))
   out['ms_per_iteration'] = 1e3 * out['wall_s'] / max(final['step'], 1)
   return out
+
+
+def _failures(record, seeds, low, up) -> list[str]:
+  """One line per seed of an evaluation where a side of the sandwich fails, with its margin:
+  L_lo > NLL, or L_up < NLL, i.e. the upper term w GP below KL(p_g || p_theta) = NLL - L_lo."""
+  from experiments import history
+  value = lambda key: history.seed_values(record, key, seeds)
+  nll, lower = value('nll'), value('lower_bound')
+  upper_term = value('upper_term_gp') if np.any(up) else None
+  lines = []
+  for k, s in enumerate(seeds):
+    if low[k]:
+      lines.append(f"iteration {record['step']}, seed {s}: L_lo {lower[k]:.3f} > NLL "
+                   f'{nll[k]:.3f} (by {lower[k] - nll[k]:.3f} nats)')
+    if up[k]:
+      kl = nll[k] - lower[k]
+      lines.append(f"iteration {record['step']}, seed {s}: w GP {upper_term[k]:.3f} < "
+                   f'KL(p_g || p_theta) {kl:.3f} (by {kl - upper_term[k]:.3f} nats)')
+  return lines
 
 
 def _suffixes(seeds):
@@ -129,6 +151,11 @@ def print_table(rows: dict) -> None:
     label = preset if r['step'] == FLAGS.steps else f"{preset} (stopped: evaluation {r['step']})"
     print(f'| {label} | ' + ' | '.join(cells)
           + f" | {r['sandwich_holds']} | {r['ms_per_iteration']:.2f} |")
+  for preset, r in rows.items():
+    if r and r['failures']:
+      print(f"\n{preset}: the sandwich fails at {len(r['failures'])} of "
+            f"{r['seed_evaluations']} seed-evaluations from {FLAGS.sandwich_from} on:")
+      print('\n'.join(f'  {line}' for line in r['failures']))
 
 
 def plot(presets, workdir: str, path: str) -> None:
