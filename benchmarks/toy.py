@@ -74,6 +74,7 @@ def _summary(values) -> str:
 def results(preset: str, workdir: str) -> dict | None:
   """Per-seed values of the table's columns, from the run's records (None if not run)."""
   from experiments import history
+  from experiments import toy_eval
   records, evals = history.read_metrics(workdir), history.load(workdir)
   if not evals:
     return None
@@ -94,7 +95,7 @@ def results(preset: str, workdir: str) -> dict | None:
     low = np.asarray(per_seed(h, 'lower_bound_fails'), bool)
     up = np.asarray(per_seed(h, 'upper_bound_fails'), bool) if gp else np.zeros_like(low)
     fails |= low | up
-    out['failures'] += _failures(h, seeds, low, up)
+    out['failures'] += toy_eval.sandwich_failures(h, seeds, low, up)
   out['sandwich_holds'] = (f'{int(np.sum(~fails))}/{len(seeds)}'
                            + ('' if gp else ' (L_lo <= NLL only)'))
   gaps = np.asarray([[r[f'energy_fake{s}'] - r[f'energy_real{s}'] for s in _suffixes(seeds)]
@@ -104,25 +105,6 @@ def results(preset: str, workdir: str) -> dict | None:
   out['max_gap'], out['max_abs_energy'] = list(gaps.max(0)), list(sizes.max(0))
   out['ms_per_iteration'] = 1e3 * out['wall_s'] / max(final['step'], 1)
   return out
-
-
-def _failures(record, seeds, low, up) -> list[str]:
-  """One line per seed of an evaluation where a side of the sandwich fails, with its margin:
-  L_lo > NLL, or L_up < NLL, i.e. the upper term w GP below KL(p_g || p_theta) = NLL - L_lo."""
-  from experiments import history
-  value = lambda key: history.seed_values(record, key, seeds)
-  nll, lower = value('nll'), value('lower_bound')
-  upper_term = value('upper_term_gp') if np.any(up) else None
-  lines = []
-  for k, s in enumerate(seeds):
-    if low[k]:
-      lines.append(f"iteration {record['step']}, seed {s}: L_lo {lower[k]:.3f} > NLL "
-                   f'{nll[k]:.3f} (by {lower[k] - nll[k]:.3f} nats)')
-    if up[k]:
-      kl = nll[k] - lower[k]
-      lines.append(f"iteration {record['step']}, seed {s}: w GP {upper_term[k]:.3f} < "
-                   f'KL(p_g || p_theta) {kl:.3f} (by {kl - upper_term[k]:.3f} nats)')
-  return lines
 
 
 def _suffixes(seeds):

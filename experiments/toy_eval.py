@@ -233,6 +233,25 @@ def bound_failures(metrics, seeds, upper: str) -> list[tuple[str, list[int]]]:
   return out
 
 
+def sandwich_failures(record, seeds, low, up) -> list[str]:
+  """One line per seed of an evaluation where a side of the sandwich fails, with its margin
+  (`low`, `up`: per-seed booleans, as `bound_failures` reads them):
+  L_lo > NLL, or L_up < NLL, i.e. the upper term w GP below KL(p_g || p_theta) = NLL - L_lo."""
+  value = lambda key: history_lib.seed_values(record, key, seeds)
+  nll, lower = value('nll'), value('lower_bound')
+  upper_term = value('upper_term_gp') if np.any(up) else None
+  lines = []
+  for k, s in enumerate(seeds):
+    if low[k]:
+      lines.append(f"iteration {record['step']}, seed {s}: L_lo {lower[k]:.3f} > NLL "
+                   f'{nll[k]:.3f} (by {lower[k] - nll[k]:.3f} nats)')
+    if up[k]:
+      kl = nll[k] - lower[k]
+      lines.append(f"iteration {record['step']}, seed {s}: w GP {upper_term[k]:.3f} < "
+                   f'KL(p_g || p_theta) {kl:.3f} (by {kl - upper_term[k]:.3f} nats)')
+  return lines
+
+
 def plot_samples(arrays, seeds, n_axis, half_width, m, step, path, name) -> None:
   """One row per seed: samples over data; density exp(-E)/Z and log-density on the grid."""
   plt = pyplot()

@@ -355,17 +355,17 @@ def test_toy_bound_failures_name_the_seeds_and_check_l_up_only_for_the_gp():
                                  [0], 'gp') == []
 
 
-def test_toy_benchmark_lists_each_sandwich_failure_with_its_margin():
-  from benchmarks import toy as toy_benchmark
+def test_each_sandwich_failure_is_listed_with_its_margin():
+  from experiments import toy_eval
   record = {'step': 10000,
             'nll/seed_3': 0.9, 'lower_bound/seed_3': 0.4, 'upper_term_gp/seed_3': 0.3,
             'nll/seed_4': 0.5, 'lower_bound/seed_4': 0.6, 'upper_term_gp/seed_4': 1.0}
-  lines = toy_benchmark._failures(record, [3, 4], np.array([False, True]),
+  lines = toy_eval.sandwich_failures(record, [3, 4], np.array([False, True]),
                                   np.array([True, False]))
   assert lines == [
       'iteration 10000, seed 3: w GP 0.300 < KL(p_g || p_theta) 0.500 (by 0.200 nats)',
       'iteration 10000, seed 4: L_lo 0.600 > NLL 0.500 (by 0.100 nats)']
-  assert toy_benchmark._failures(record, [3, 4], np.zeros(2, bool), np.zeros(2, bool)) == []
+  assert toy_eval.sandwich_failures(record, [3, 4], np.zeros(2, bool), np.zeros(2, bool)) == []
 
 
 def test_evaluation_warm_up_compiles_every_program_the_first_evaluation_runs(tmp_path):
