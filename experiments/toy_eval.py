@@ -233,23 +233,24 @@ def bound_failures(metrics, seeds, upper: str) -> list[tuple[str, list[int]]]:
   return out
 
 
-def sandwich_failures(record, seeds, low, up) -> list[str]:
-  """One line per seed of an evaluation where a side of the sandwich fails, with its margin
-  (`low`, `up`: per-seed booleans, as `bound_failures` reads them):
-  L_lo > NLL, or L_up < NLL, i.e. the upper term w GP below KL(p_g || p_theta) = NLL - L_lo."""
+def sandwich_failures(record, seeds, upper: str) -> list[tuple[int, str]]:
+  """(seed, line) for each seed of an evaluation where a side of the sandwich fails, the line
+  with its margin: L_lo > NLL, or (`upper` 'gp' only, as in `bound_failures`) L_up < NLL, i.e.
+  the upper term w GP below KL(p_g || p_theta) = NLL - L_lo."""
   value = lambda key: history_lib.seed_values(record, key, seeds)
   nll, lower = value('nll'), value('lower_bound')
-  upper_term = value('upper_term_gp') if np.any(up) else None
-  lines = []
+  low = value('lower_bound_fails')
+  up = value('upper_bound_fails') if upper == 'gp' else [0.0] * len(seeds)
+  out = []
   for k, s in enumerate(seeds):
     if low[k]:
-      lines.append(f"iteration {record['step']}, seed {s}: L_lo {lower[k]:.3f} > NLL "
-                   f'{nll[k]:.3f} (by {lower[k] - nll[k]:.3f} nats)')
+      out.append((s, f"iteration {record['step']}, seed {s}: L_lo {lower[k]:.3f} > NLL "
+                     f'{nll[k]:.3f} (by {lower[k] - nll[k]:.3f} nats)'))
     if up[k]:
-      kl = nll[k] - lower[k]
-      lines.append(f"iteration {record['step']}, seed {s}: w GP {upper_term[k]:.3f} < "
-                   f'KL(p_g || p_theta) {kl:.3f} (by {kl - upper_term[k]:.3f} nats)')
-  return lines
+      kl, term = nll[k] - lower[k], value('upper_term_gp')[k]
+      out.append((s, f"iteration {record['step']}, seed {s}: w GP {term:.3f} < "
+                     f'KL(p_g || p_theta) {kl:.3f} (by {kl - term:.3f} nats)'))
+  return out
 
 
 def plot_samples(arrays, seeds, n_axis, half_width, m, step, path, name) -> None:

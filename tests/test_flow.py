@@ -114,6 +114,26 @@ def test_closed_form_log_det_equals_the_dense_jacobian(x64):
   np.testing.assert_allclose(est.smin, smin, rtol=1e-8)
 
 
+def test_the_bounds_take_the_closed_form_from_a_flow_only_when_configured():
+  """The plumbing: a flow's TrainState gives a PerSample with the closed form, an MLP's does
+  not, and bounds.sv.generator_log_det = False turns it off in both bounds that use it."""
+  import types
+  from bibound_jax import generator as generator_lib
+  from bibound_jax.bounds import entropy
+  from bibound_jax.bounds import gradient_penalty
+  state = lambda module: types.SimpleNamespace(apply_fn=module.apply)
+  flow_gen = generator_lib.Generator(state(flow.SplineFlowGenerator()))
+  mlp_gen = generator_lib.Generator(state(toy_models.MLPGenerator()))
+  assert flow_gen.per_sample().has_log_det
+  assert not flow_gen.per_sample(analytic_log_det=False).has_log_det
+  assert not mlp_gen.per_sample().has_log_det
+  cfg = toy.get_config()
+  assert entropy.SVBound(cfg).jacobian.generator_log_det
+  cfg.bounds.sv.generator_log_det = False
+  for bound in (entropy.SVBound(cfg), gradient_penalty.GPBound(cfg)):
+    assert not bound.jacobian.generator_log_det
+
+
 def test_flow_needs_latent_dim_equal_to_the_data_dimension():
   cfg = toy.get_config()
   cfg.model.generator.latent_dim = 3

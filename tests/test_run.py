@@ -359,13 +359,15 @@ def test_each_sandwich_failure_is_listed_with_its_margin():
   from experiments import toy_eval
   record = {'step': 10000,
             'nll/seed_3': 0.9, 'lower_bound/seed_3': 0.4, 'upper_term_gp/seed_3': 0.3,
-            'nll/seed_4': 0.5, 'lower_bound/seed_4': 0.6, 'upper_term_gp/seed_4': 1.0}
-  lines = toy_eval.sandwich_failures(record, [3, 4], np.array([False, True]),
-                                  np.array([True, False]))
-  assert lines == [
-      'iteration 10000, seed 3: w GP 0.300 < KL(p_g || p_theta) 0.500 (by 0.200 nats)',
-      'iteration 10000, seed 4: L_lo 0.600 > NLL 0.500 (by 0.100 nats)']
-  assert toy_eval.sandwich_failures(record, [3, 4], np.zeros(2, bool), np.zeros(2, bool)) == []
+            'lower_bound_fails/seed_3': 0.0, 'upper_bound_fails/seed_3': 1.0,
+            'nll/seed_4': 0.5, 'lower_bound/seed_4': 0.6, 'upper_term_gp/seed_4': 1.0,
+            'lower_bound_fails/seed_4': 1.0, 'upper_bound_fails/seed_4': 0.0}
+  assert toy_eval.sandwich_failures(record, [3, 4], 'gp') == [
+      (3, 'iteration 10000, seed 3: w GP 0.300 < KL(p_g || p_theta) 0.500 (by 0.200 nats)'),
+      (4, 'iteration 10000, seed 4: L_lo 0.600 > NLL 0.500 (by 0.100 nats)')]
+  # Another upper bound: only L_lo is checked (the evaluation's w GP is not its bound).
+  assert toy_eval.sandwich_failures(record, [3, 4], 'diff') == [
+      (4, 'iteration 10000, seed 4: L_lo 0.600 > NLL 0.500 (by 0.100 nats)')]
 
 
 def test_evaluation_warm_up_compiles_every_program_the_first_evaluation_runs(tmp_path):
