@@ -12,6 +12,7 @@ from typing import Iterable
 from bibound_jax import assemble
 from bibound_jax import bounds
 from bibound_jax import models
+from bibound_jax import sampling
 from bibound_jax.config_checks import ConfigError, choice, positive  # noqa: F401 (re-exported)
 
 # Keys of the flat `config.bounds` section and of renamed settings before bounds had their own
@@ -60,6 +61,7 @@ def validate_config(config, datasets: Iterable[str], extra_positive: Iterable[st
   choice(config, 'train.nonfinite', ('stop', 'skip'))
   choice(config, 'optim.lr_schedule', ('constant', 'cosine'))
   bounds.validate(config)
+  sampling.validate(config)
   choice(config, 'model.energy.name', models.ENERGIES)
   choice(config, 'model.generator.name', models.GENERATORS)
   positive(config, 'optim.energy_steps', 'train.num_seeds', 'train.batch_size',

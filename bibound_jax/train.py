@@ -223,6 +223,25 @@ def train_step(state: BiboundState, batch: jax.Array, rng: jax.Array, *, config,
   return state, metrics
 
 
+def bound_values(state: BiboundState, x_data, key, *, config) -> dict:
+  """The bounds at `state` without an update, on one batch x_data (B, ...): what the train
+  step reports (energy_real, energy_fake, entropy, upper_term, lower_bound, upper_bound, and
+  the bounds' own diagnostics), from the same losses on fresh latents. One seed's state (no
+  seed axis); jit it with the config static."""
+  lower, upper = bounds_lib.from_config(config)
+  k_z, k_e, k_g = jax.random.split(key, 3)
+  z = jax.random.normal(k_z, (x_data.shape[0], config.model.generator.latent_dim), jnp.float32)
+  _, (metrics, carry) = energy_loss(state.energy.params, state, x_data, z, k_e, lower, upper)
+  if not lower.reuses(carry):
+    carry = None
+  _, (g_metrics, _) = generator_loss(state.generator.params, state, z, k_g, lower, carry)
+  metrics = dict(metrics, **g_metrics)
+  if 'entropy' in metrics:
+    metrics['lower_bound'] = metrics['energy_real'] - metrics['energy_fake'] + metrics['entropy']
+    metrics['upper_bound'] = metrics['lower_bound'] + metrics['upper_term']
+  return metrics
+
+
 def train_steps(state: BiboundState, batches, rng: jax.Array, *, config, mesh=None):
   """len(batches) iterations of `train_step` in one scan: the same updates as calling it once
   per batch (iteration t uses batches[t]; keys still come from `rng` and the state's step).

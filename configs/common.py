@@ -10,6 +10,7 @@ from typing import Callable, Mapping
 import ml_collections
 
 from bibound_jax import bounds
+from bibound_jax import sampling
 
 # Bound pairings by name: (bounds.lower, bounds.upper).
 PRESETS = {
@@ -72,6 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.nonfinite = 'stop'        # 'stop': error naming the step; 'skip': drop the update
   config.train.divergence_gap = 50.0     # warn when E(fake) - E(real) exceeds this
   config.train.divergence_energy = 1e3   # ... or when |E| exceeds this
+
+  # Samples of p_theta and its likelihood (bibound_jax/sampling.py, docs/sampling.md).
+  config.sample = ml_collections.ConfigDict(sampling.DEFAULTS)
 
   return config
 

@@ -80,11 +80,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.batch_size = 2_000       # generator / classifier batch during evaluation
   config.eval.num_data = 2_000         # real samples for the energy-on-data statistics
   config.eval.grid_samples = 100       # samples in the PNG grid
+  config.eval.bound_batches = 8        # batches of train.batch_size for L_lo, L_up at a step
   # The digit classifier: loaded from classifier_path if it exists, else trained on the same
   # digit source (held-out accuracy logged and saved beside it).
   # '' = workdir/mnist_classifier.msgpack.
   config.eval.classifier_path = ''
   config.eval.classifier_steps = 500
+
+  # p_theta on the pixels' box (-1, 1)^2352: the FC energies are not normalisable on R^D (they
+  # fall linearly along some rays: docs/results.md), and the digits live in the box.
+  config.sample.support = 'box'
 
   common.parse_arg(config, arg, 'configs/stackedmnist.py', {'cpu': _cpu, 'cnn': _cnn})
   return config

@@ -32,7 +32,7 @@ RESUMABLE_KEYS = ('train.num_steps', 'train.log_every', 'train.eval_every',
                   'train.checkpoint_every', 'train.keep_checkpoints', 'train.nonfinite',
                   'train.steps_per_call', 'train.divergence_gap', 'train.divergence_energy',
                   'bounds.sv.generator_log_det',
-                  'train.init_from', 'eval.', 'data.data_dir', 'data.download')
+                  'train.init_from', 'eval.', 'sample.', 'data.data_dir', 'data.download')
 
 # Keys added to the configs after runs had been saved, each with the value that reproduces the
 # code before it: a checkpoint saved without the key matches a config that holds that value, so

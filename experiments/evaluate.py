@@ -39,7 +39,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
     state, _ = checkpoints.restore(manager, state, rng, step=step, config=config)
   finally:
     manager.close()
-  scalars = task.evaluator(config, nets).evaluate(state, step, workdir)
+  scalars = task.evaluator(config, nets, model=True).evaluate(state, step, workdir)
   return dict(step=step, **scalars)
 
 

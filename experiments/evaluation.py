@@ -18,6 +18,7 @@ from absl import logging
 from bibound_jax import assemble
 from bibound_jax import generator as generator_lib
 from experiments import history as history_lib
+from experiments import model_eval
 
 
 # Set in the warm-up thread only: `program`s compile for their arguments and do not run.
@@ -51,10 +52,15 @@ class Evaluator:
   # Compute on every process (False: process 0 only, e.g. when it reads data sets).
   all_processes = True
 
-  def __init__(self, config, networks):
+  def __init__(self, config, networks, model: bool = False):
+    """`model`: also evaluate the energy as a model (samples of p_theta, log Z, the NLL:
+    experiments/model_eval.py), as `python -m experiments.evaluate` does; periodic evaluations
+    during training do when config.sample.during_training is set."""
     self.config = config
     self.networks = networks
     self.seeds = assemble.seeds(config)
+    self.model = (model_eval.EnergyModel(config, networks.energy)
+                  if model or config.sample.during_training else None)
     self._energy = jit_energy(networks.energy)
     # G(z) as evaluation samples it: BatchNorm on the running statistics, no output noise.
     self._generate = program(lambda g, z: generator_lib.generate(g, z, train=False)[0])

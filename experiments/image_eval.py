@@ -69,8 +69,8 @@ class ImageEvaluator(evaluation.Evaluator):
   """Evaluates an image run at fixed latents and test images (comparable across steps)."""
   all_processes = False   # reads the test split and the Inception features on process 0
 
-  def __init__(self, config, networks):
-    super().__init__(config, networks)
+  def __init__(self, config, networks, model: bool = False):
+    super().__init__(config, networks, model)
     self.spec = check_shape(config)
     ecfg = config.eval
     self.latent_dim = config.model.generator.latent_dim

@@ -63,7 +63,8 @@ TASKS = {
                 ('eval.grid_spacing', 'eval.gp_samples')),
     'stackedmnist': Task(
         ('stackedmnist',), _stackedmnist_batches, mnist_eval.StackedMNISTEvaluator,
-        ('eval.batch_size', 'eval.num_data', 'eval.grid_samples', 'eval.classifier_steps'),
+        ('eval.batch_size', 'eval.num_data', 'eval.grid_samples', 'eval.classifier_steps',
+         'eval.bound_batches'),
         lambda config: config_checks.choice(config, 'data.source', mnist_data.SOURCES)),
     'image': Task(
         tuple(image_data.DATASETS) + tuple(image_data.ALIASES), _image_batches,

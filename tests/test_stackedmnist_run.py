@@ -48,6 +48,8 @@ def tiny_config(tmp_path, **train_overrides):
   cfg.eval.grid_samples = 16
   cfg.eval.classifier_steps = 40
   cfg.eval.classifier_path = str(tmp_path / 'classifier.msgpack')
+  cfg.eval.bound_batches = 2
+  cfg.sample.update(num_steps=6, num_warmup=3, ais_chains=8, ais_temps=20)
   return cfg
 
 
@@ -81,6 +83,15 @@ def test_short_run_evaluates_modes_and_the_standalone_command_agrees(tmp_path):
   assert again['step'] == 4
   for key in ('modes', 'kl', 'data_modes', 'energy_real', 'energy_fake'):
     assert again[key] == pytest.approx(m[key], rel=1e-5), key
+  # ... and evaluates the energy as a model: p_theta's samples after MCMC from G's, the NLL of
+  # held-out digits on the box by AIS (in bits/dim too), the verdict on R^D and the bounds.
+  for key in ('model_modes', 'model_kl', 'log_z', 'log_z_error', 'nll', 'nll_bpd',
+              'lower_bound', 'upper_bound', 'normalisable_real'):
+    assert np.isfinite(again[key]), key
+  assert again['nll'] == pytest.approx(again['energy_test'] + again['log_z'])
+  assert 'lower_bound_fails' not in again   # d = 4 < D: L_lo bounds no NLL on R^D
+  for name in ('model_samples.png', 'model_samples_4.png', 'sandwich.png'):
+    assert os.path.getsize(os.path.join(out, name)) > 0, name
   # Resuming continues from the saved step.
   cfg.train.num_steps = 6
   assert train.iteration(run.train_and_evaluate(cfg, workdir)) == 6

@@ -48,6 +48,14 @@ class Bound:
     after (the run logs each)."""
     return []
 
+  def bounds_nll(self, data_dim: int, latent_dim: int) -> bool:
+    """Whether the bound's value bounds the NLL of p_theta on R^D (D = data_dim) at all
+    (docs/bounds.md, "What the bounds bound in D dimensions"): False for a baseline that is
+    no bound, and for a bound whose generator density lives on a d-dimensional surface
+    (d = latent_dim < D), where the entropy is a surface's and KL(p_g || p_theta) = +inf."""
+    del data_dim, latent_dim
+    return False
+
 
 @dataclasses.dataclass(frozen=True)
 class EnergyInputs:

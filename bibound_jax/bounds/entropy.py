@@ -143,13 +143,13 @@ def exact_logdet(fn: GenFn, params, z: Array, key: Array | None = None) -> SVEst
   Computed as sum_i log|R_ii| with J = QR: R is the Cholesky factor of J^T J up to signs, so this
   is the Cholesky log-determinant without squaring J's condition number. Exact gradient by
   autodiff through `jacfwd` and the QR. A generator with a closed-form log |det J| (fn a
-  `generator.PerSample` with `has_log_det`, e.g. the spline flow) gives the value by that
+  `generator.PerSample` with `has_log_volume`, e.g. the spline flow) gives the value by that
   formula instead; J is then formed without gradient, only for s_1 and v.
   """
   del key
-  if getattr(fn, 'has_log_det', False):   # the generator's closed form (generator.PerSample)
+  if getattr(fn, 'has_log_volume', False):   # the generator's closed form (generator.PerSample)
     s, v = _dense_smin(_r_factor(sg(jacobian(fn, sg(params), z))))
-    value = fn.log_det(params, z)
+    value = fn.log_volume(params, z)
   else:
     r = jnp.linalg.qr(jacobian(fn, params, z), mode='r')
     s, v = _dense_smin(sg(r))
@@ -310,8 +310,8 @@ def log_volume(fn: GenFn, params, z: Array, v: Array | None) -> Array:
   """The log-volume term at one z as a function of z: 1/2 log det J^T J when v is None,
   else d log ||J(z) v|| with v fixed. -log p_g(G(z)) = 1/2||z||^2 + log_volume + const."""
   if v is None:
-    if getattr(fn, 'has_log_det', False):   # the generator's closed form (generator.PerSample)
-      return fn.log_det(params, z)
+    if getattr(fn, 'has_log_volume', False):   # the generator's closed form (generator.PerSample)
+      return fn.log_volume(params, z)
     return _logdet_from_jacobian(jacobian(fn, params, z))
   return z.shape[-1] * jnp.log(smin_from_vector(fn, params, z, v))
 
@@ -386,6 +386,9 @@ class SVBound(base.LowerBound):
   @classmethod
   def validate(cls, config) -> None:
     JacobianTerms.validate(config)
+
+  def bounds_nll(self, data_dim: int, latent_dim: int) -> bool:
+    return data_dim == latent_dim   # else H is a d-dimensional surface's entropy
 
   def reuses(self, carry) -> bool:
     return isinstance(carry, SVEstimate) and bool(self.section.share_vectors)

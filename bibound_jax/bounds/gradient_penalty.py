@@ -117,6 +117,9 @@ class GPBound(base.UpperBound):
           'horizon to 0.')
     entropy.JacobianTerms.validate(config)
 
+  def bounds_nll(self, data_dim: int, latent_dim: int) -> bool:
+    return data_dim == latent_dim   # else KL(p_g || p_theta) = +inf for a surface's p_g
+
   def term(self, inputs: base.EnergyInputs):
     gen = inputs.generator
     fn = gen.per_sample(self.jacobian.generator_log_det)

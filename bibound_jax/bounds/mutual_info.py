@@ -186,6 +186,9 @@ class MIBound(base.LowerBound):
           f'config.bounds.mi.sigma = {s.sigma} must exceed config.bounds.mi.sigma_floor = '
           f'{s.sigma_floor} when learn_sigma is set.')
 
+  def bounds_nll(self, data_dim: int, latent_dim: int) -> bool:
+    return True   # the noisy generator G(z) + sigma eps has a density on R^D
+
   def network_options(self) -> dict:
     s = self.section
     return {'mi_net': {'kind': s.estimator, 'hidden': tuple(s.hidden)},
