@@ -78,23 +78,29 @@ def batch_statistics(apply_fn: Callable, params, batch_stats, z: jax.Array):
 class PerSample:
   """The generator at ONE latent: `fn(variables, z) -> x` for z (d,).
 
-  If `has_log_det`, the module computes log |det dG/dz| itself (a square, injective G such as
-  models.flow.SplineFlowGenerator, method `log_abs_det_jacobian`) and `log_det(variables, z)`
-  returns it; the exact log-determinant entropy and GP score then use this closed form (a
-  first derivative of the module) instead of differentiating its Jacobian (a second one):
-  same values, fewer operations to compile and run (docs/performance.md, "Start-up")."""
+  If `has_log_volume`, the module computes its log-volume itself (method `log_volume`),
+
+      log_volume(z) = log p0(z) - log p_g(G(z)),
+
+  which is log |det dG/dz| for a bijection such as models.flow.SplineFlowGenerator (computed
+  from the spline slopes), and for models.flow.FlowMixtureGenerator the mixture's exact
+  log-density through its components' inverses; `log_volume(variables, z)` returns it. The
+  exact entropy, H[p_g] = H[p0] + E_z log_volume(z), and the GP score then use this closed
+  form (a first derivative of the module) instead of differentiating the Jacobian (a second
+  one): the same values for a bijection, fewer operations to compile and run
+  (docs/performance.md, "Start-up"); the only way for a mixture, whose latent holds a
+  component selector along which J is zero."""
   apply_fn: Callable
-  has_log_det: bool = False
+  has_log_volume: bool = False
 
   def __call__(self, variables_, z: jax.Array) -> jax.Array:
     return self.apply_fn(variables_, z[None], train=False)[0]
 
-  def log_det(self, variables_, z: jax.Array) -> jax.Array:
-    """log |det J(z)| = 1/2 log det J^T J in closed form (requires `has_log_det`)."""
-    if not self.has_log_det:
-      raise ValueError('This generator has no closed-form log |det J| '
-                       '(no log_abs_det_jacobian method).')
-    return self.apply_fn(variables_, z[None], method='log_abs_det_jacobian')[0]
+  def log_volume(self, variables_, z: jax.Array) -> jax.Array:
+    """log p0(z) - log p_g(G(z)) in closed form (requires `has_log_volume`)."""
+    if not self.has_log_volume:
+      raise ValueError('This generator has no closed-form log-volume (no log_volume method).')
+    return self.apply_fn(variables_, z[None], method='log_volume')[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,9 +121,9 @@ class Generator:
 
   def per_sample(self, analytic_log_det: bool = True) -> PerSample:
     """fn(variables, z) -> x for ONE latent z (d,), BatchNorm on variables['batch_stats'];
-    with the module's closed-form log |det J| when it has one and `analytic_log_det`."""
+    with the module's closed-form log-volume when it has one and `analytic_log_det`."""
     module = getattr(self.state.apply_fn, '__self__', None)
-    has = analytic_log_det and callable(getattr(module, 'log_abs_det_jacobian', None))
+    has = analytic_log_det and callable(getattr(module, 'log_volume', None))
     return PerSample(self.state.apply_fn, has)
 
   def jacobian_variables(self, params, z_batch: jax.Array, batch_norm: str = 'batch') -> dict:

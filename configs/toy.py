@@ -55,6 +55,15 @@ def authors(config):
   config.train.update(num_steps=150_000, eval_every=10_000, checkpoint_every=10_000)
 
 
+def mixture(config):
+  """A generator that can leave gaps: a mixture of 25 spline flows, each with its own shift and
+  scale, chosen by a 3rd latent coordinate (models/flow.py, FlowMixtureGenerator), with the
+  mixture's exact entropy (docs/bounds.md, "A mixture of flows")."""
+  config.model.generator = ml_collections.ConfigDict({
+      'name': 'flow_mixture', 'latent_dim': 3, 'components': 25, 'entropy': 'exact',
+      'init_spread': 1.5, 'layers': 2, 'hidden': (64, 64), 'num_bins': 16, 'bound': 3.0})
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = common.base_config()
   # The exact log-determinant of the flow's 2 x 2 Jacobian. The GP weight follows the authors'
@@ -107,7 +116,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.warm_up = True
 
   common.parse_arg(config, arg, 'configs/toy.py',
-                   {**{name: _dataset(name) for name in DATASETS}, 'authors': authors})
+                   {**{name: _dataset(name) for name in DATASETS}, 'authors': authors,
+                    'mixture': mixture})
   # Set by data set unless given: the flow's spline interval and the confinement radius.
   if config.model.energy.confine_radius is None:
     config.model.energy.confine_radius = CONFINE_RADIUS[config.data.name]

@@ -73,8 +73,8 @@ class _Noise(NamedTuple):
 class ToyEvaluator(evaluation.Evaluator):
   """Evaluates a toy run at fixed evaluation noise (comparable across steps and runs)."""
 
-  def __init__(self, config, networks):
-    super().__init__(config, networks)
+  def __init__(self, config, networks, model: bool = False):
+    super().__init__(config, networks, model)
     self.name = config.data.name
     self.half_width = max(2.0, toy_data.eval_box(self.name))
     self.spacing = config.eval.grid_spacing
@@ -90,22 +90,32 @@ class ToyEvaluator(evaluation.Evaluator):
     self._noise = {}
     est = entropy.JacobianTerms(config.bounds.sv).estimator
 
+    closed_form = bool(config.bounds.sv.generator_log_det)
+
     def latent_terms(g, z, key):
-      """Per latent: the exact log-volume 1/2 log det J^T J, the training estimator's term,
-      and det J (its sign tells folding apart, d = D = 2)."""
-      fn = generator_lib.inference_fn(g)
-      exact = entropy.batched_log_volume(entropy.exact_logdet, fn, g.params, z, key).value
-      estimate = entropy.batched_log_volume(est, fn, g.params, z, key).value
+      """Per latent: the exact log-volume log p0(z) - log p_g(G(z)) (1/2 log det J^T J, or the
+      module's closed form: generator.PerSample), the training estimator's term, and det J
+      (its sign tells folding apart, d = D = 2; for a flow mixture, J of the continuous
+      latent coordinates)."""
+      gen = generator_lib.Generator(g)
+      variables = generator_lib.variables(g.params, g.batch_stats)
+      exact_fn, fn = gen.per_sample(), gen.per_sample(closed_form)
+      exact = entropy.batched_log_volume(entropy.exact_logdet, exact_fn, variables, z,
+                                         key).value
+      estimate = entropy.batched_log_volume(est, fn, variables, z, key).value
       # The sign of det J from slogdet: a plain det of a strongly contracting J underflows to
       # 0 in float32 and has no sign (slogdet's sign is 0 only for a singular J).
-      det = jax.vmap(lambda zi: jnp.linalg.slogdet(entropy.jacobian(fn, g.params, zi))[0])(z)
-      return exact, estimate, det
+      def sign(zi):
+        jac = entropy.jacobian(fn, variables, zi)
+        return jnp.linalg.slogdet(jac[:, :jac.shape[0]])[0]
+      return exact, estimate, jax.vmap(sign)(z)
     self._latent_terms = evaluation.program(latent_terms)
 
     def gp(e_params, g, z, probes):
       energy_fn = lambda x: networks.energy.apply({'params': e_params}, x)
-      per_sample, _ = gradient_penalty.gp_fisher(energy_fn, generator_lib.inference_fn(g),
-                                                 g.params, z, probes, None)
+      fn = generator_lib.Generator(g).per_sample()
+      per_sample, _ = gradient_penalty.gp_fisher(
+          energy_fn, fn, generator_lib.variables(g.params, g.batch_stats), z, probes, None)
       return jnp.mean(per_sample)
     self._gp = evaluation.program(gp)
 
@@ -182,6 +192,10 @@ class ToyEvaluator(evaluation.Evaluator):
                                     toy_data.mode_std(self.name))
       m['modes_covered'] = int(mm['modes_covered'])
       m['hq_fraction'] = float(mm['hq_fraction'])
+      # Within-mode spread against the data's (1 for the data; ~0 for modes drawn as points).
+      m['spread_ratio'] = toy_metrics.spread_ratio(samples, noise.x_data,
+                                                   toy_data.mode_centres(self.name),
+                                                   toy_data.mode_std(self.name))
       # The wells of E at the modes: depth spread over the centres (0 for the data; s nats
       # leave the shallowest mode e^-s of the deepest one's mass) and the rise at 1 mode-std
       # (0.5 for -log p_data): docs/results.md, "What runs away is the relative depth".
@@ -193,7 +207,43 @@ class ToyEvaluator(evaluation.Evaluator):
       m['well_rise_1std'] = wells['rise_1std']
     arrays = {'samples': samples.astype(np.float32), 'energy': energy_grid.astype(np.float32),
               'log_z': np.float32(log_z), 'x_data': noise.x_data}
+    if self.model is not None:
+      model_metrics, arrays['model_samples'] = self.model_metrics(
+          e_params, seed, samples, noise, -energy_grid, z_outside_mass, e_data)
+      m.update(model_metrics)
+      m['nll_ais_minus_quadrature'] = m['nll_ais'] - nll
     return m, arrays
+
+  def model_metrics(self, e_params, seed: int, samples, noise, minus_energy_grid,
+                    outside_mass: float, e_data: float):
+    """The energy as a model against its quadrature (experiments/model_eval.py): p_theta's
+    samples after `sample.num_steps` MCMC steps from `sample.init`, their total-variation
+    distance to exp(-E)/Z in 0.1-wide cells (`model_tv`, with `model_tv_floor` the distance of
+    as many exact draws), and log Z and the NLL by AIS (`log_z_ais`, `nll_ais`)."""
+    cfg = self.config
+    k_chains, k_log_z, k_start = jax.random.split(jax.random.fold_in(jax.random.key(seed), 7), 3)
+    std = self.model.standardiser(noise.x_data, 'real')
+    n = cfg.sample.num_chains or cfg.eval.num_samples
+    start = {'generator': samples, 'data': noise.x_data,
+             'noise': np.asarray(std.to_w(jax.random.normal(k_start, (n, 2))))}[cfg.sample.init]
+    run = self.model.sample(e_params, np.resize(start, (n, 2)), k_chains, std)
+    bins = int(round(2 * self.half_width / 0.1))
+    tv, floor = toy_metrics.sample_density_tv(run.x, minus_energy_grid, self.grid,
+                                              self.half_width, bins,
+                                              np.random.default_rng(seed), outside_mass)
+    log_z = self.model.log_z(e_params, std, k_log_z)
+    m = {'model_tv': tv, 'model_tv_floor': floor, 'model_acceptance': run.acceptance,
+         'log_z_ais': log_z.log_z, 'log_z_ais_error': log_z.error,
+         'log_z_ais_converged': float(log_z.converged), 'nll_ais': e_data + log_z.log_z}
+    if self.name == '25gaussians':
+      mm = toy_metrics.mode_metrics(run.x, toy_data.mode_centres(self.name),
+                                    toy_data.mode_std(self.name))
+      m['model_modes_covered'] = int(mm['modes_covered'])
+      m['model_hq_fraction'] = float(mm['hq_fraction'])
+      m['model_spread_ratio'] = toy_metrics.spread_ratio(run.x, noise.x_data,
+                                                         toy_data.mode_centres(self.name),
+                                                         toy_data.mode_std(self.name))
+    return m, run.x.astype(np.float32)
 
   def write(self, workdir, step, metrics, arrays, history) -> None:
     """toy_eval.npz and the PNGs of the module docstring."""
@@ -268,6 +318,9 @@ def plot_samples(arrays, seeds, n_axis, half_width, m, step, path, name) -> None
                label='data')
     ax.scatter(a['samples'][:, 0], a['samples'][:, 1], s=1, alpha=0.3, c='tab:red',
                label='generator')
+    if 'model_samples' in a:
+      ax.scatter(a['model_samples'][:, 0], a['model_samples'][:, 1], s=1, alpha=0.3,
+                 c='tab:green', label='p_theta (MCMC)')
     ax.set_xlim(extent[:2])
     ax.set_ylim(extent[2:])
     ax.set_aspect('equal')

@@ -83,9 +83,9 @@ def test_closed_form_log_det_equals_the_dense_jacobian(x64):
   n = 3
   g, variables = _random_flow(jax.random.key(11), layers=2, n=n)
   z = 2.0 * jax.random.normal(jax.random.key(3), (64, n), jnp.float64)
-  closed = generator_lib.PerSample(g.apply, has_log_det=True)
-  dense = generator_lib.PerSample(g.apply, has_log_det=False)
-  assert closed.has_log_det and not dense.has_log_det
+  closed = generator_lib.PerSample(g.apply, has_log_volume=True)
+  dense = generator_lib.PerSample(g.apply, has_log_volume=False)
+  assert closed.has_log_volume and not dense.has_log_volume
 
   @jax.jit
   def terms(variables):
@@ -124,9 +124,9 @@ def test_the_bounds_take_the_closed_form_from_a_flow_only_when_configured():
   state = lambda module: types.SimpleNamespace(apply_fn=module.apply)
   flow_gen = generator_lib.Generator(state(flow.SplineFlowGenerator()))
   mlp_gen = generator_lib.Generator(state(toy_models.MLPGenerator()))
-  assert flow_gen.per_sample().has_log_det
-  assert not flow_gen.per_sample(analytic_log_det=False).has_log_det
-  assert not mlp_gen.per_sample().has_log_det
+  assert flow_gen.per_sample().has_log_volume
+  assert not flow_gen.per_sample(analytic_log_det=False).has_log_volume
+  assert not mlp_gen.per_sample().has_log_volume
   cfg = toy.get_config()
   assert entropy.SVBound(cfg).jacobian.generator_log_det
   cfg.bounds.sv.generator_log_det = False

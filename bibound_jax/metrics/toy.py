@@ -183,3 +183,62 @@ def mode_wells(energy_fn, centres: np.ndarray, std: float, real: np.ndarray,
   nearest, _ = nearest_centre(real, centres)
   out['real_above_centre'] = float(np.median(rest - at_centres[nearest]))
   return out
+
+
+def binned_masses(points: np.ndarray, half_width: float, bins: int) -> np.ndarray:
+  """The fraction of `points` (N, 2) in each of bins x bins equal cells of [-L, L]^2 (points
+  outside count in no cell): a flat array, first coordinate slowest."""
+  points = np.asarray(points, np.float64).reshape(-1, 2)
+  h, _, _ = np.histogram2d(points[:, 0], points[:, 1], bins=bins,
+                           range=[[-half_width, half_width]] * 2)
+  return h.ravel() / max(len(points), 1)
+
+
+def sample_density_tv(samples: np.ndarray, log_q: np.ndarray, grid: np.ndarray,
+                      half_width: float, bins: int, rng: np.random.Generator,
+                      outside_mass: float = 0.0) -> tuple[float, float]:
+  """(TV, floor): the total-variation distance between the samples' masses in bins x bins
+  cells of [-L, L]^2 and those of the grid density q (log_q on the grid points, renormalised
+  on the grid, then scaled to 1 - outside_mass: the mass q has outside the box), one more cell
+  holding the outside of the box; and the same distance for as many exact draws from q: its
+  Monte Carlo floor. TV = 1/2 sum_cells |p_cell - q_cell|."""
+  lq = np.asarray(log_q, np.float64).ravel()
+  q = (1.0 - outside_mass) * np.exp(lq - special.logsumexp(lq))
+  grid = np.asarray(grid, np.float64).reshape(-1, 2)
+  idx = np.minimum(((grid + half_width) / (2 * half_width) * bins).astype(np.int64), bins - 1)
+  q_cells = np.append(np.bincount(idx[:, 0] * bins + idx[:, 1], weights=q,
+                                  minlength=bins * bins), outside_mass)
+  p_cells = binned_masses(samples, half_width, bins)
+  p_cells = np.append(p_cells, 1.0 - p_cells.sum())
+  draws = rng.multinomial(len(samples), q_cells / q_cells.sum()) / max(len(samples), 1)
+  return (float(0.5 * np.sum(np.abs(p_cells - q_cells))),
+          float(0.5 * np.sum(np.abs(draws - q_cells))))
+
+
+def mode_spreads(points: np.ndarray, centres: np.ndarray, std: float) -> np.ndarray:
+  """Per mode, the RMS distance to its centre of the points (N, 2) of high quality assigned to
+  it (nearest centre, within 3 std: as `mode_metrics`); NaN for a mode with fewer than 2."""
+  points = np.asarray(points, np.float64).reshape(-1, 2)
+  nearest, dist = nearest_centre(points, centres)
+  hq = dist <= _HQ_STDS * std
+  out = np.full(len(centres), np.nan)
+  for k in range(len(centres)):
+    d = dist[hq & (nearest == k)]
+    if len(d) >= 2:
+      out[k] = np.sqrt(np.mean(d ** 2))
+  return out
+
+
+def spread_ratio(samples: np.ndarray, data: np.ndarray, centres: np.ndarray, std: float,
+                 min_count: int | None = None) -> float:
+  """The within-mode spread of samples against the data's: the median over the modes the
+  samples cover (`mode_metrics`' rule) of (sample RMS distance to the centre) / (the data's),
+  both over high-quality points only. 1 for the data; a generator that draws each mode as a
+  point scores ~0 with a perfect high-quality fraction. NaN when no mode is covered."""
+  centres = np.asarray(centres, np.float64).reshape(-1, 2)
+  counts = mode_metrics(samples, centres, std, min_count)['per_mode_counts']
+  if min_count is None:
+    min_count = default_min_count(len(np.asarray(samples).reshape(-1, 2)))
+  ratio = mode_spreads(samples, centres, std) / mode_spreads(data, centres, std)
+  covered = (counts >= min_count) & np.isfinite(ratio)
+  return float(np.median(ratio[covered])) if covered.any() else float('nan')

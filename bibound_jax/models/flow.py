@@ -13,7 +13,9 @@ K bin widths, K bin heights and K - 1 interior knot derivatives are outputs of a
 x_B. On [-bound, bound] the spline maps the interval onto itself; outside it is the identity
 (boundary derivatives 1, so the map is C^1). The conditioner's last layer starts at zero: the
 flow is the identity at initialisation, every bin of equal size and every derivative 1.
-Only G(z) and its Jacobian are needed (never G^-1), so only the forward spline is implemented.
+The spline's inverse has a closed form too (a quadratic in each bin), so G^-1 and the density
+log p_g(x) = log p0(G^-1(x)) - log |det J_G(G^-1(x))| are exact: `FlowMixtureGenerator` (bottom)
+needs them for the density of a mixture of such flows.
 """
 from __future__ import annotations
 
@@ -85,15 +87,49 @@ def rq_spline_and_log_slope(x: jax.Array, raw_widths: jax.Array, raw_heights: ja
   return y, jnp.where(inside, log_slope, 0.0)
 
 
+def rq_spline_inverse(y: jax.Array, raw_widths: jax.Array, raw_heights: jax.Array,
+                      raw_derivs: jax.Array, bound: float) -> tuple[jax.Array, jax.Array]:
+  """(x, log dx/dy): the inverse of `rq_spline` (identity outside [-bound, bound]).
+
+  In bin k of the heights, with delta = y - y_k and D = d_k + d_{k+1} - 2 s_k, xi in [0, 1]
+  solves a xi^2 + b xi + c = 0 with a = h_k (s_k - d_k) + delta D, b = h_k d_k - delta D,
+  c = -s_k delta, taken as xi = 2c / (-b - sqrt(b^2 - 4ac)) (Durkan et al., 2019, eq. 6-8: no
+  cancellation); log dx/dy = -log dy/dx at x.
+  """
+  xk, widths = _knots(raw_widths, bound)
+  yk, heights = _knots(raw_heights, bound)
+  one = jnp.ones(raw_derivs.shape[:-1] + (1,), raw_derivs.dtype)
+  derivs = jnp.concatenate([one, MIN_DERIV + jax.nn.softplus(raw_derivs), one], axis=-1)
+  inside = jnp.abs(y) < bound
+  yc = jnp.clip(y, -bound, bound)
+  idx = jnp.clip(jnp.sum(yc[..., None] >= yk[..., 1:-1], axis=-1), 0, widths.shape[-1] - 1)
+  take = lambda a, i: jnp.take_along_axis(a, i[..., None], axis=-1)[..., 0]
+  x0, w, y0, h = take(xk, idx), take(widths, idx), take(yk, idx), take(heights, idx)
+  d0, d1 = take(derivs, idx), take(derivs, idx + 1)
+  s = h / w
+  delta = yc - y0
+  big_d = d0 + d1 - 2.0 * s
+  a = h * (s - d0) + delta * big_d
+  b = h * d0 - delta * big_d
+  c = -s * delta
+  xi = jnp.clip(2.0 * c / (-b - jnp.sqrt(jnp.maximum(b * b - 4.0 * a * c, 0.0))), 0.0, 1.0)
+  x = jnp.where(inside, x0 + xi * w, y)
+  t = xi * (1.0 - xi)
+  numer = s * s * (d1 * xi * xi + 2.0 * s * t + d0 * (1.0 - xi) ** 2)
+  log_slope = jnp.log(numer) - 2.0 * jnp.log(s + big_d * t)
+  return x, jnp.where(inside, -log_slope, 0.0)
+
+
 class SplineFlowGenerator(nn.Module):
   """G(z): `layers` rational-quadratic spline couplings, identity at init (module docstring).
 
   latent_dim must equal the data dimension (a bijection of R^n); `train` is accepted for the
-  generator interface (there is no BatchNorm). `log_abs_det_jacobian(z)` is log |det J_G(z)|
+  generator interface (there is no BatchNorm). `log_volume(z)` is log |det J_G(z)|
   in closed form: each coupling's Jacobian is triangular (the moved coordinates depend on
   themselves only through their own spline), so log |det J| is the sum over layers and moved
   coordinates of log dy/dx. The SV bound's `exact_logdet` uses it instead of differentiating
-  the Jacobian (bibound_jax/generator.py, `PerSample`).
+  the Jacobian (bibound_jax/generator.py, `PerSample`). `inverse(x)` is G^-1 with its
+  log |det|, `log_density(x)` the exact log p_g(x).
   """
   latent_dim: int = 2
   data_shape: Sequence[int] = (2,)
@@ -102,37 +138,185 @@ class SplineFlowGenerator(nn.Module):
   num_bins: int = 16
   bound: float = 3.0
 
+  def setup(self):
+    n = math.prod(self.data_shape)
+    half = n // 2
+    k = self.num_bins
+    for layer in range(self.layers):
+      # The conditioner; its last layer starts at zero, so the flow starts as the identity.
+      moved = half if layer % 2 else n - half
+      setattr(self, f'coupling_{layer}', MLP(tuple(self.hidden), moved * (3 * k - 1),
+                                              nn.initializers.zeros))
+
   def __call__(self, z, train: bool = True):
     del train
     return self.forward(z, with_log_det=False)[0]
 
-  def log_abs_det_jacobian(self, z):
+  def log_volume(self, z):
     """log |det dG/dz| for each row of z (B, n): shape (B,)."""
     return self.forward(z, with_log_det=True)[1]
 
-  @nn.compact
-  def forward(self, z, with_log_det: bool = False):
-    """(G(z) (B, *data_shape), log |det J_G(z)| (B,) or None)."""
-    n = z.shape[-1]
+  def forward_and_log_det(self, z):
+    """forward(z, with_log_det=True): (G(z), log |det J_G(z)|)."""
+    return self.forward(z, with_log_det=True)
+
+  def _halves(self, layer: int, n: int):
+    """(moved, fixed) coordinates of a layer: odd layers move the first half, even layers the
+    second, so every coordinate moves."""
+    half = n // 2
+    if layer % 2:
+      return slice(0, half), slice(half, n)
+    return slice(half, n), slice(0, half)
+
+  def _spline_params(self, layer: int, x_fixed, m: int):
+    k = self.num_bins
+    params = getattr(self, f'coupling_{layer}')(x_fixed)
+    params = jnp.reshape(params, (x_fixed.shape[0], m, 3 * k - 1))
+    return params[..., :k], params[..., k:2 * k], params[..., 2 * k:] + _ZERO_DERIV
+
+  def _check(self, n: int):
     if n != math.prod(self.data_shape) or n < 2:
       raise ValueError(f'SplineFlowGenerator is a bijection of R^n: latent_dim ({n}) must '
                        f'equal the data dimension ({math.prod(self.data_shape)}) and be >= 2.')
-    k, half = self.num_bins, n // 2
+
+  def forward(self, z, with_log_det: bool = False):
+    """(G(z) (B, *data_shape), log |det J_G(z)| (B,) or None)."""
+    n = z.shape[-1]
+    self._check(n)
     x = z
     log_det = jnp.zeros(z.shape[:1], z.dtype) if with_log_det else None
     for layer in range(self.layers):
-      # Odd layers move the first half, even layers the second, so every coordinate moves.
-      moved = slice(0, half) if layer % 2 else slice(half, n)
-      fixed = slice(half, n) if layer % 2 else slice(0, half)
+      moved, fixed = self._halves(layer, n)
       m = x[:, moved].shape[-1]
-      # The conditioner; its last layer starts at zero, so the flow starts as the identity.
-      params = MLP(tuple(self.hidden), m * (3 * k - 1), nn.initializers.zeros,
-                   name=f'coupling_{layer}')(x[:, fixed])
-      params = jnp.reshape(params, (x.shape[0], m, 3 * k - 1))
       y, log_slope = rq_spline_and_log_slope(
-          x[:, moved], params[..., :k], params[..., k:2 * k], params[..., 2 * k:] + _ZERO_DERIV,
-          self.bound, with_slope=with_log_det)
+          x[:, moved], *self._spline_params(layer, x[:, fixed], m), self.bound,
+          with_slope=with_log_det)
       if with_log_det:
         log_det = log_det + jnp.sum(log_slope, axis=-1)
       x = x.at[:, moved].set(y)
     return jnp.reshape(x, (z.shape[0],) + tuple(self.data_shape)), log_det
+
+  def inverse(self, x):
+    """(G^-1(x) (B, n), log |det dG^-1/dx| (B,)) for x (B, *data_shape): the layers in
+    reverse, each coupling's fixed half unchanged, so its conditioner sees what it saw."""
+    z = jnp.reshape(x, (x.shape[0], -1))
+    n = z.shape[-1]
+    self._check(n)
+    log_det = jnp.zeros(z.shape[:1], z.dtype)
+    for layer in reversed(range(self.layers)):
+      moved, fixed = self._halves(layer, n)
+      m = z[:, moved].shape[-1]
+      y, log_slope = rq_spline_inverse(z[:, moved], *self._spline_params(layer, z[:, fixed], m),
+                                       self.bound)
+      log_det = log_det + jnp.sum(log_slope, axis=-1)
+      z = z.at[:, moved].set(y)
+    return z, log_det
+
+  def log_density(self, x):
+    """log p_g(x) = log N(G^-1(x); 0, I) + log |det dG^-1/dx| for x (B, *data_shape)."""
+    z, log_det = self.inverse(x)
+    return _log_normal(z) + log_det
+
+
+def _log_normal(z):
+  """log N(z; 0, I) of each row of z (B, n)."""
+  return -0.5 * jnp.sum(z * z, -1) - 0.5 * z.shape[-1] * math.log(2.0 * math.pi)
+
+
+ENTROPIES = ('exact', 'components')
+
+
+class FlowMixtureGenerator(nn.Module):
+  """A generator that can leave gaps: k ~ Cat(pi), z ~ N(0, I_n), x = G_k(z) with K injective
+  components G_k(z) = exp(a_k) * F_k(z) + b_k (F_k a spline flow as above, a_k and b_k a
+  learned per-coordinate log-scale and shift; pi uniform and fixed). docs/bounds.md, "A
+  mixture of flows".
+
+  The latent is (z, u) in R^(n+1): u ~ N(0, 1) picks the component, k = floor(K Phi(u)), so
+  that the generator stays a map of a Gaussian latent; along u, J is zero. Densities are
+  exact: log p_k(x) = log N(F_k^-1((x - b_k) / exp(a_k))) + log |det dF_k^-1| - sum a_k and
+  log p_g(x) = logsumexp_k(log pi_k + log p_k(x)). `log_volume(z)` = log p0(z, u) -
+  log p_g(G(z, u)), so that H[p_g] = H[p0] + E log_volume:
+
+    entropy 'exact'       with the mixture's density: H[p_g] = sum_k pi_k H[p_k] + I(x; k)
+                          exactly (the responsibilities are exact);
+    entropy 'components'  with the component's own density, log |det J_k(z)| + log N(u):
+                          sum_k pi_k H[p_k] = H[p_g] - I(x; k), a lower bound loose by at most
+                          H[pi] = log K; no inverses.
+
+  The GP score s = v . grad[-log p_g(G(z))] follows: exact with 'exact'; with 'components'
+  the component's score, which is the mixture's wherever one component's responsibility is 1.
+  Every component is computed for every sample (K forward, and with 'exact' K inverse,
+  passes): fine for the 2-D toys. Shifts start uniform in [-init_spread, init_spread]^n, so
+  the components start apart.
+  """
+  latent_dim: int = 3
+  data_shape: Sequence[int] = (2,)
+  components: int = 5
+  entropy: str = 'exact'
+  init_spread: float = 2.0
+  layers: int = 2
+  hidden: Sequence[int] = (64, 64)
+  num_bins: int = 16
+  bound: float = 3.0
+
+  def setup(self):
+    n = math.prod(self.data_shape)
+    if self.latent_dim != n + 1:
+      raise ValueError(f'FlowMixtureGenerator: latent_dim ({self.latent_dim}) must be the data '
+                       f'dimension plus one ({n + 1}): the last coordinate picks the component.')
+    if self.entropy not in ENTROPIES:
+      raise ValueError(f'FlowMixtureGenerator: entropy {self.entropy!r}; valid: '
+                       f'{", ".join(ENTROPIES)}.')
+    flows = nn.vmap(SplineFlowGenerator, variable_axes={'params': 0},
+                    split_rngs={'params': True}, in_axes=0, out_axes=0,
+                    axis_size=self.components, methods=['forward_and_log_det', 'inverse'])
+    self.flows = flows(latent_dim=n, data_shape=(n,), layers=self.layers, hidden=self.hidden,
+                       num_bins=self.num_bins, bound=self.bound)
+    spread = self.init_spread
+    self.shift = self.param('shift', lambda key, shape: jax.random.uniform(
+        key, shape, minval=-spread, maxval=spread), (self.components, n))
+    self.log_scale = self.param('log_scale', nn.initializers.zeros, (self.components, n))
+
+  def component(self, u):
+    """k = floor(K Phi(u)) for u (B,): component k has probability 1/K."""
+    k = jnp.floor(self.components * jax.scipy.stats.norm.cdf(u)).astype(jnp.int32)
+    return jnp.clip(k, 0, self.components - 1)
+
+  def _all_components(self, z):
+    """(x (K, B, n), log |det J_k| (K, B)) of every component at z (B, n)."""
+    k = self.components
+    y, log_det = self.flows.forward_and_log_det(jnp.broadcast_to(z, (k,) + z.shape))
+    x = jnp.exp(self.log_scale)[:, None] * y + self.shift[:, None]
+    return x, log_det + jnp.sum(self.log_scale, -1)[:, None]
+
+  def _forward(self, zu):
+    z, u = zu[:, :-1], zu[:, -1]
+    x_all, log_det_all = self._all_components(z)
+    pick = jax.nn.one_hot(self.component(u), self.components, dtype=z.dtype).T   # (K, B)
+    return jnp.einsum('kb,kbn->bn', pick, x_all), jnp.sum(pick * log_det_all, 0)
+
+  def __call__(self, zu, train: bool = True):
+    del train
+    x, _ = self._forward(zu)
+    return jnp.reshape(x, (zu.shape[0],) + tuple(self.data_shape))
+
+  def component_log_densities(self, x):
+    """log p_k(x) of every component for x (B, *data_shape): (K, B)."""
+    x = jnp.reshape(x, (x.shape[0], -1))
+    scale = jnp.exp(self.log_scale)[:, None]
+    z, log_det = self.flows.inverse((x[None] - self.shift[:, None]) / scale)
+    return _log_normal(z) + log_det - jnp.sum(self.log_scale, -1)[:, None]
+
+  def log_density(self, x):
+    """log p_g(x) = logsumexp_k(log pi_k + log p_k(x)), pi_k = 1/K: (B,)."""
+    return (jax.scipy.special.logsumexp(self.component_log_densities(x), axis=0)
+            - math.log(self.components))
+
+  def log_volume(self, zu):
+    """log p0(z, u) - log p_g(G(z, u)) ('exact'), or log |det J_k(z)| + log N(u; 0, 1)
+    ('components'): see the class docstring."""
+    x, log_det = self._forward(zu)
+    if self.entropy == 'components':
+      return log_det + _log_normal(zu[:, -1:])
+    return _log_normal(zu) - self.log_density(x)

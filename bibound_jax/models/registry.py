@@ -11,6 +11,8 @@ once, in the module). Unknown keys are an error that lists the valid ones.
              resnet   ResNetEnergy / TimeResNetEnergy (resnet.py)
   generator  mlp      MLPGenerator (toy.py)
              flow     SplineFlowGenerator (flow.py): injective, latent_dim = data dimension
+             flow_mixture  FlowMixtureGenerator (flow.py): K such flows, latent_dim = data
+                      dimension + 1 (the last coordinate picks the component)
              dcgan    DCGANGenerator, DCGAN28Generator for 28x28
              resnet   ResNetGenerator
 
@@ -24,12 +26,13 @@ import math
 from typing import Sequence
 
 from bibound_jax.models import dcgan, resnet
-from bibound_jax.models.flow import SplineFlowGenerator
+from bibound_jax.models import flow as flow_lib
+from bibound_jax.models.flow import FlowMixtureGenerator, SplineFlowGenerator
 from bibound_jax.models.time_energy import TimeMLPEnergy
 from bibound_jax.models.toy import SCALE_PARAMS, MLPEnergy, MLPGenerator
 
 ENERGIES = ('mlp', 'dcgan', 'resnet')
-GENERATORS = ('mlp', 'flow', 'dcgan', 'resnet')
+GENERATORS = ('mlp', 'flow', 'flow_mixture', 'dcgan', 'resnet')
 # Fields set by the builder, not by the config.
 _BUILT = ('parent', 'name', 'data_shape', 'latent_dim')
 
@@ -57,6 +60,8 @@ def _generator_class(name: str, data_shape) -> type:
     return MLPGenerator
   if name == 'flow':
     return SplineFlowGenerator
+  if name == 'flow_mixture':
+    return FlowMixtureGenerator
   if len(data_shape) == 1:
     raise ValueError(f'Generator {name!r} is for images; {len(data_shape)}-D data needs mlp.')
   if name == 'dcgan':
@@ -116,4 +121,11 @@ def create_generator(section, data_shape: Sequence[int]):
     raise ValueError(f"config.model.generator.latent_dim = {section['latent_dim']}: the flow "
                      f'generator is a bijection, so it must equal the data dimension '
                      f'{math.prod(data_shape)}.')
+  if cls is FlowMixtureGenerator and int(section['latent_dim']) != math.prod(data_shape) + 1:
+    raise ValueError(f"config.model.generator.latent_dim = {section['latent_dim']}: the flow "
+                     'mixture takes the data dimension plus one latent coordinates (the last '
+                     f'picks the component): set it to {math.prod(data_shape) + 1}.')
+  if kwargs.get('entropy', 'exact') not in flow_lib.ENTROPIES:
+    raise ValueError(f"config.model.generator.entropy = {kwargs['entropy']!r}; valid: "
+                     f'{", ".join(flow_lib.ENTROPIES)}.')
   return cls(latent_dim=int(section['latent_dim']), data_shape=data_shape, **kwargs)
