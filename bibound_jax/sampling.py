@@ -31,7 +31,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from bibound_jax import config_checks
+from bibound_jax import config_schema
 
 Array = jax.Array
 LogDensity = Callable[[Array], Array]   # one flat point (n,) -> scalar
@@ -41,8 +41,8 @@ SPACES = ('data', 'latent')
 KERNELS = ('mala', 'hmc')
 INITS = ('generator', 'data', 'noise')
 
-# config.sample: how the evaluations sample p_theta and estimate its likelihood.
-DEFAULTS = dict(
+# config.sample: how the evaluations sample p_theta and estimate its likelihood (`SECTION`).
+_DEFAULTS = dict(
     during_training=False,  # periodic evaluations include the model (else only
                             # python -m experiments.evaluate does)
     support='real',         # the model's support: 'real' (R^D) or 'box' ((-1, 1)^D, pixels)
@@ -64,26 +64,30 @@ DEFAULTS = dict(
 _BOX_EPS = 1e-6
 
 
-def validate(config) -> None:
+def _check(config) -> None:
   """Check config.sample (ConfigError naming the key)."""
-  config_checks.choice(config, 'sample.support', SUPPORTS)
-  config_checks.choice(config, 'sample.space', SPACES)
-  config_checks.choice(config, 'sample.init', INITS)
-  config_checks.choice(config, 'sample.kernel', KERNELS)
-  config_checks.choice(config, 'sample.ais_kernel', KERNELS)
-  config_checks.positive(config, 'sample.num_leapfrog', 'sample.step_size', 'sample.num_steps',
+  config_schema.choice(config, 'sample.support', SUPPORTS)
+  config_schema.choice(config, 'sample.space', SPACES)
+  config_schema.choice(config, 'sample.init', INITS)
+  config_schema.choice(config, 'sample.kernel', KERNELS)
+  config_schema.choice(config, 'sample.ais_kernel', KERNELS)
+  config_schema.positive(config, 'sample.num_leapfrog', 'sample.step_size', 'sample.num_steps',
                          'sample.ais_chains', 'sample.ais_temps')
-  config_checks.positive(config, 'sample.target_accept', 'sample.num_chains',
+  config_schema.positive(config, 'sample.target_accept', 'sample.num_chains',
                          'sample.num_warmup', 'sample.ais_doublings', allow_zero=True)
   s = config.sample
   if not s.target_accept < 1:
-    raise config_checks.ConfigError(
+    raise config_schema.ConfigError(
         f'config.sample.target_accept = {s.target_accept}; use a rate in (0, 1), or 0 for the '
         "kernel's default.")
   if s.num_warmup > s.num_steps:
-    raise config_checks.ConfigError(
+    raise config_schema.ConfigError(
         f'config.sample.num_warmup = {s.num_warmup} exceeds config.sample.num_steps = '
         f'{s.num_steps}: the warm-up steps are part of the chain.')
+
+
+# Evaluation settings only: any of them may change between a run and its resumption.
+SECTION = config_schema.Section('sample', _DEFAULTS, _check, resumable=('*',))
 
 
 def to_space(x: Array, support: str) -> Array:

@@ -13,9 +13,10 @@ from the reported values). `lower` and `upper` are the bound instances that conf
 
 Keys: iteration t uses fold_in(rng, t), split into the energy updates' and the generator
 update's keys. An energy update draws its latents and gives the upper bound its key, the lower
-bound's sample noise fold_in(key, 3) and its data noise fold_in(key, 4) (`LowerBound.data`);
-the generator update splits its key into the sample noise (shared with the MI network's
-update) and the lower bound's key.
+bound's sample noise fold_in(key, 3); the generator update splits its key into the sample
+noise (shared with the MI network's update) and the lower bound's key.
+
+This module declares the `train` and `optim` config sections (`TRAIN`, `OPTIM`).
 """
 from __future__ import annotations
 
@@ -29,11 +30,93 @@ import optax
 from flax.training import train_state
 
 from bibound_jax import bounds as bounds_lib
+from bibound_jax import config_schema
 from bibound_jax import sharding
 from bibound_jax.bounds import base
 from bibound_jax.generator import Generator
 
 sg = jax.lax.stop_gradient
+
+
+def _check_train(config) -> None:
+  config_schema.choice(config, 'train.nonfinite', ('stop', 'skip'))
+  config_schema.positive(config, 'train.num_seeds', 'train.batch_size', 'train.num_steps',
+                         'train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
+                         'train.steps_per_call', 'train.divergence_gap',
+                         'train.divergence_energy')
+  config_schema.positive(config, 'train.eval_every', allow_zero=True)
+
+
+TRAIN = config_schema.Section(
+    'train',
+    defaults=dict(
+        # Seeds trained at once, config.seed + k for k < num_seeds: one compiled step runs them
+        # all (vmapped); each follows the run of its seed alone. Metrics and evaluations are
+        # reported per seed and as mean and standard deviation over the seeds.
+        num_seeds=1,
+        batch_size=200,          # the GLOBAL batch (divided over the devices)
+        num_steps=150_000,
+        log_every=500,
+        eval_every=10_000,       # 0: no evaluation (score checkpoints with experiments.evaluate)
+        checkpoint_every=10_000,
+        keep_checkpoints=3,
+        # Warm start: 'DIR' or 'DIR@STEP' (default: its latest checkpoint) of another run. A
+        # fresh workdir starts from that checkpoint's state, PRNG key and iteration instead of
+        # an initialisation; the config may differ where the state keeps its shapes. Ignored
+        # once the workdir has checkpoints of its own.
+        init_from='',
+        # Iterations per compiled call (`make_train_steps`): the same updates, less dispatch.
+        # Worth it where a step takes milliseconds (the toy); logs, evaluations and checkpoints
+        # still happen at their own iterations.
+        steps_per_call=1,
+        nonfinite='stop',        # 'stop': error naming the step; 'skip': drop the update
+        divergence_gap=50.0,     # warn when E(fake) - E(real) exceeds this
+        divergence_energy=1e3,   # ... or when |E| exceeds this
+    ),
+    check=_check_train,
+    # How long, how often and what to do on a NaN: none changes what the saved state means.
+    resumable=('num_steps', 'log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints',
+               'init_from', 'steps_per_call', 'nonfinite', 'divergence_gap',
+               'divergence_energy'))
+
+
+def _check_optim(config) -> None:
+  config_schema.choice(config, 'optim.lr_schedule', ('constant', 'cosine'))
+  config_schema.positive(config, 'optim.energy_steps', 'optim.lr_energy', 'optim.lr_generator',
+                         'optim.lr_mi_net', 'optim.lr_final_fraction')
+  config_schema.positive(config, 'optim.grad_clip', 'optim.b1', 'optim.b2', 'optim.eps',
+                         allow_zero=True)
+  o = config.optim
+  if not (0 <= o.b1 < 1 and 0 <= o.b2 < 1):
+    raise config_schema.ConfigError('config.optim.b1 and config.optim.b2 must lie in [0, 1).')
+  if o.lr_final_fraction > 1:
+    raise config_schema.ConfigError(
+        f'config.optim.lr_final_fraction = {o.lr_final_fraction}; the cosine schedule decays '
+        'to this fraction of the learning rate: use (0, 1].')
+
+
+def _cosine_spans_run(section) -> str | None:
+  if section.lr_schedule == 'cosine':
+    return "optim.lr_schedule = 'cosine' decays the learning rates over train.num_steps"
+  return None
+
+
+OPTIM = config_schema.Section(
+    'optim',
+    defaults=dict(
+        lr_energy=2e-4, lr_generator=2e-4,
+        lr_mi_net=2e-4,          # the MI network (bounds.lower = 'mi')
+        b1=0.0, b2=0.9, eps=1e-6,   # Adam, as the authors'
+        grad_clip=0.0,           # global-norm clipping (0: none)
+        energy_steps=1,          # energy updates per generator update
+        # 'constant', or 'cosine': each learning rate decays from its value to
+        # lr_final_fraction of it over train.num_steps iterations (`make_optimizer`).
+        lr_schedule='constant',
+        lr_final_fraction=0.02,
+    ),
+    check=_check_optim,
+    spans_run=_cosine_spans_run,
+    moved={'optim.n_critic': 'optim.energy_steps', 'optim.lr_critic': 'optim.lr_mi_net'})
 
 
 class TrainState(train_state.TrainState):
@@ -120,7 +203,6 @@ def energy_loss(e_params, state: BiboundState, x_data, z, key, lower, upper):
   gen = Generator(state.generator)
   x_fake, _ = lower.samples(gen, gen.params, z, jax.random.fold_in(key, 3))
   x_fake = sg(x_fake)
-  x_data = lower.data(gen, gen.params, x_data, jax.random.fold_in(key, 4))
   e_real, e_fake = energy_fn(x_data), energy_fn(x_fake)
   inputs = base.EnergyInputs(
       energy_fn=energy_fn, energy_t_fn=lambda x, t: apply_fn({'params': e_params}, x, t),
@@ -131,7 +213,8 @@ def energy_loss(e_params, state: BiboundState, x_data, z, key, lower, upper):
   return metrics['energy_real'] - metrics['energy_fake'] + upper_term, (metrics, carry)
 
 
-def generator_loss(g_params, state: BiboundState, z, key, lower, carry=None):
+def generator_loss(g_params, state: BiboundState, z, key, lower, carry=None,
+                   lambda_h: float = 1.0):
   """loss_G = mean E(x) - lambda_H * entropy term; (loss, (metrics, new BatchNorm stats))."""
   gen = Generator(state.generator)
   k_samples, k_lower = jax.random.split(key)
@@ -140,7 +223,7 @@ def generator_loss(g_params, state: BiboundState, z, key, lower, carry=None):
   term, metrics = lower.entropy(base.GeneratorInputs(
       generator=gen, params=g_params, z=z, x=x, key=k_lower, mi_net=state.mi_net, carry=carry))
   if term is not None:
-    loss = loss - lower.config.bounds.lambda_h * term
+    loss = loss - lambda_h * term
   return loss, (metrics, new_stats)
 
 
@@ -206,7 +289,7 @@ def train_step(state: BiboundState, batch: jax.Array, rng: jax.Array, *, config,
     metrics.update(loss_mi_net=m_loss, grad_norm_mi_net=optax.global_norm(m_grads))
     finite = jnp.logical_and(finite, m_finite)
   (g_loss, (g_metrics, new_stats)), g_grads = jax.value_and_grad(generator_loss, has_aux=True)(
-      state.generator.params, state, z, k_loss, lower, carry)
+      state.generator.params, state, z, k_loss, lower, carry, config.bounds.lambda_h)
   g_finite = all_finite(g_loss, g_metrics, g_grads, new_stats)
   generator = _keep_if_finite(
       state.generator.apply_gradients(grads=g_grads).replace(batch_stats=new_stats),
@@ -234,7 +317,8 @@ def bound_values(state: BiboundState, x_data, key, *, config) -> dict:
   _, (metrics, carry) = energy_loss(state.energy.params, state, x_data, z, k_e, lower, upper)
   if not lower.reuses(carry):
     carry = None
-  _, (g_metrics, _) = generator_loss(state.generator.params, state, z, k_g, lower, carry)
+  _, (g_metrics, _) = generator_loss(state.generator.params, state, z, k_g, lower, carry,
+                                     config.bounds.lambda_h)
   metrics = dict(metrics, **g_metrics)
   if 'entropy' in metrics:
     metrics['lower_bound'] = metrics['energy_real'] - metrics['energy_fake'] + metrics['entropy']

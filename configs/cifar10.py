@@ -25,8 +25,8 @@ Choices of ours:
     violate the entropy "lower bound" (docs/performance.md: `python -m benchmarks.sv_estimator
     --networks=dcgan32`). On one CPU core it costs 0.7-1.0x `exact_smin` (d = 128 JVPs per
     sample and an SVD) and holds 12 Jacobian columns per latent instead of 128; the exact
-    estimators need `bounds.sv.latent_chunk` to fit in memory. Not yet timed on an accelerator.
-    Lower `bounds.sv.num_iters` for speed only while watching `sv/residual`.
+    estimators need `bounds.jacobian.latent_chunk` to fit in memory. Not yet timed on an accelerator.
+    Lower `bounds.jacobian.num_iters` for speed only while watching `sv/residual`.
   * Adam eps 1e-8 (PyTorch's default).
 """
 import ml_collections
@@ -53,9 +53,9 @@ def _dataset(name):
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = common.base_config()
   config.bounds.lambda_h = 1e-4
-  config.bounds.sv.estimator = 'lobpcg'
-  config.bounds.sv.num_iters = 10
-  config.bounds.sv.block_size = 4
+  config.bounds.jacobian.estimator = 'lobpcg'
+  config.bounds.jacobian.num_iters = 10
+  config.bounds.jacobian.block_size = 4
   config.bounds.gp.schedule = 'constant'
   config.bounds.gp.weight = 1e-3
   config.bounds.gp.margin = 0.0

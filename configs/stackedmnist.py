@@ -6,7 +6,7 @@
 
 The optional argument is a comma-separated list of:
   cpu      a CPU-sized variant: half-width FC networks, the Jacobian terms on 16 of the 64
-           latents of a batch (bounds.sv.num_latents), 4,000 iterations and an evaluation of
+           latents of a batch (bounds.jacobian.num_latents), 4,000 iterations and an evaluation of
            10,000 samples every 1,000 iterations that shows the mode coverage growing
   cnn      the DCGAN-style pair (5x5 stride-2 convs) instead of the FC pair
   sv+gp (default), mi+diff, none, r1, wgan_gp   the bound pairing (configs/common.py)
@@ -24,7 +24,7 @@ def _cpu(config):
   if 'hidden' in config.model.energy:   # the FC pair at half width
     config.model.energy.hidden = (1000, 500, 250, 250)
     config.model.generator.hidden = (250, 500, 1000)
-  config.bounds.sv.num_latents = 16   # Jacobian terms on 16 of the 64 latents (unbiased)
+  config.bounds.jacobian.num_latents = 16   # Jacobian terms on 16 of the 64 latents (unbiased)
   config.train.num_steps = 4_000
   config.train.log_every = 100
   config.train.eval_every = 1_000
@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Paper setting: FC networks, batch 64, lr 2e-4, Adam(0, 0.9), one energy step per generator
   # step, lambda_H = 1 (a valid bound). d = 32: the exact smallest singular value costs 32 JVPs
   # per sample and is exact (benchmarks/sv_estimator.py: it beats LOBPCG at this d on a CPU).
-  config.bounds.sv.estimator = 'exact_smin'
+  config.bounds.jacobian.estimator = 'exact_smin'
   config.bounds.gp.weight = 1e-3
   config.bounds.gp.margin = 0.0
   config.bounds.mi.hidden = (512, 256)
@@ -51,7 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The diffusion bound's own weight is 1, but at 1 E(., 0) follows p_g so closely that the
   # samples collapse (14 modes at 2k). 0.1 covers as fast as sv+gp; below 1 the energy objective
   # is no longer a bound (the run logs a warning). The energy penalty slows the energy's
-  # run-away that 0.1 alone shows from ~2.5k (docs/results.md, "mi+diff starts collapsed").
+  # run-away that 0.1 alone shows from ~2.5k (docs/studies/stackedmnist_mi_diff.md).
   config.bounds.diff.weight = 0.1
   config.bounds.diff.energy_l2 = 1e-4
 
@@ -88,7 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.classifier_steps = 500
 
   # p_theta on the pixels' box (-1, 1)^2352: the FC energies are not normalisable on R^D (they
-  # fall linearly along some rays: docs/results.md), and the digits live in the box.
+  # fall linearly along some rays: docs/sampling.md), and the digits live in the box.
   config.sample.support = 'box'
 
   common.parse_arg(config, arg, 'configs/stackedmnist.py', {'cpu': _cpu, 'cnn': _cnn})

@@ -4,8 +4,7 @@
     python -m experiments.main --config=configs/toy.py:swiss_roll,r1 --workdir=/tmp/toy_r1
     python -m experiments.main --config=configs/toy.py:authors --workdir=/tmp/toy_authors
 
-The default pairs an injective generator with an energy that can sharpen (docs/results.md,
-"The 2-D toys"): a spline coupling flow G with the exact log-determinant entropy (the SV bound's
+The default pairs an injective generator with an energy that can sharpen (docs/studies/toy.md): a spline coupling flow G with the exact log-determinant entropy (the SV bound's
 injectivity assumption holds: no folding), an energy whose output scale is exp(log_scale)
 with a confining quadratic outside the data, Adam at lr_E 1e-3 / lr_G 2e-3 decaying by a cosine
 to 2% over 30,000 iterations, and twice the authors' GP weight. `authors` restores the authors'
@@ -37,16 +36,16 @@ def _dataset(name):
 
 # Radius of the ball that holds each data set's samples (their largest norm is 2.07, 3.51 and
 # 1.87): the energy's confinement starts a little outside, the flow's splines act inside
-# [-bound, bound]^2, which must hold the data.
+# [-r, r]^2 (r = model.generator.spline_range), which must hold the data.
 CONFINE_RADIUS = {'25gaussians': 2.5, 'swiss_roll': 4.0, 'two_moons': 2.5}
-FLOW_BOUND = {'25gaussians': 3.0, 'swiss_roll': 4.0, 'two_moons': 3.0}
+SPLINE_RANGE = {'25gaussians': 3.0, 'swiss_roll': 4.0, 'two_moons': 3.0}
 
 
 def authors(config):
   """The authors' toy networks and optimiser: BatchNorm MLP G with exact d log s_1, linear
   energy scale, no confinement, GP weight 0.7 (2307 + t)^-0.55, constant lr 2e-4 for 150k
   iterations."""
-  config.bounds.sv.estimator = 'exact_smin'
+  config.bounds.jacobian.estimator = 'exact_smin'
   config.bounds.gp.weight = 0.7
   config.model.generator = ml_collections.ConfigDict({
       'name': 'mlp', 'hidden': (100, 100), 'latent_dim': 2, 'output_activation': 'none'})
@@ -61,7 +60,8 @@ def mixture(config):
   mixture's exact entropy (docs/bounds.md, "A mixture of flows")."""
   config.model.generator = ml_collections.ConfigDict({
       'name': 'flow_mixture', 'latent_dim': 3, 'components': 25, 'entropy': 'exact',
-      'init_spread': 1.5, 'layers': 2, 'hidden': (64, 64), 'num_bins': 16, 'bound': 3.0})
+      'init_spread': 1.5, 'init_scale': 0.1, 'layers': 2, 'hidden': (64, 64), 'num_bins': 16,
+      'spline_range': 3.0})
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -70,19 +70,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # schedule a (2307 + t)^-0.55, margin 0, at twice their a = 0.7: with 0.7, w GP fell below
   # KL(p_g || p_theta) between 10k and 20k iterations on 2 of 3 seeds; with 1.4 it falls
   # below less often and by less: on 14 of 45 seed-evaluations from 10k on (seeds 0-8), by
-  # at most 0.18 nats; with 2.0 only at 10k, at the cost of modes (docs/results.md, "The 2-D
-  # toys"). The flow's log |det J| comes in closed form (bounds.sv.generator_log_det).
-  config.bounds.sv.estimator = 'exact_logdet'
+  # at most 0.18 nats; with 2.0 only at 10k, at the cost of modes (docs/studies/toy.md, "The upper
+  # bound is a surrogate and fails early"). The flow's log |det J| comes in closed form (generator.PerSample).
+  config.bounds.jacobian.estimator = 'exact_logdet'
   config.bounds.gp.schedule = 'decay'
   config.bounds.gp.weight = 1.4
   config.bounds.gp.margin = 0.0
   # The diffusion bound's own weight, (T - t_min) DSM: with a time embedding smooth in t
   # (model.energy.time_scale = 1) it keeps E(., 0) tied to what DSM constrains
-  # (docs/results.md, "mi+diff").
+  # (docs/studies/toy_mi_diff.md).
   config.bounds.diff.weight = 1.0
   # With the diffusion bound only: a (mean E(real)^2 + mean E(fake)^2), a = 0.1, ties the
   # depths of E's wells; without it the energy runs away once G reaches the modes (at 150k:
-  # largest E(fake) - E(real) 196 +- 130 without, 3.6 +- 0.4 with; docs/results.md, rows 13-14).
+  # largest E(fake) - E(real) 196 +- 130 without, 3.6 +- 0.4 with; docs/studies/toy_mi_diff.md, rows 13-14).
   config.bounds.diff.energy_l2 = 0.1
   config.train.steps_per_call = 10   # a toy step is ~3 ms on CPU, a third of it dispatch
 
@@ -92,17 +92,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   # Spectrally normalised as the authors' toy energy (their `sn=True` default); its output
-  # scale exp(log_scale) and its PReLU slopes (free unless `prelu_bound` > 0) set its
-  # steepness; confinement (quadratic, or linear with `confine_power` 1) keeps exp(-E)
-  # normalisable (for the time-conditioned energy of the diffusion bound: at every t, or at
-  # t = 0 only, `confine_times`).
+  # scale exp(log_scale) and its PReLU slopes set its steepness; a quadratic confinement
+  # outside the data keeps exp(-E) normalisable (for the time-conditioned energy of the
+  # diffusion bound: at every t).
   config.model.energy = ml_collections.ConfigDict({
       'name': 'mlp', 'hidden': (100, 100), 'spectral_norm': True, 'time_scale': 1.0,
-      'scale_param': 'exp', 'confine': 10.0, 'confine_radius': None, 'confine_power': 2.0,
-      'confine_times': 'all', 'prelu_bound': 0.0})
+      'scale_param': 'exp', 'confine': 10.0, 'confine_radius': None})
   config.model.generator = ml_collections.ConfigDict({
       'name': 'flow', 'latent_dim': 2, 'layers': 2, 'hidden': (64, 64), 'num_bins': 16,
-      'bound': None})
+      'spline_range': None})
   config.optim.update(lr_energy=1e-3, lr_generator=2e-3, lr_schedule='cosine',
                       lr_final_fraction=0.02)
   config.train.update(num_steps=30_000, eval_every=5_000, checkpoint_every=5_000)
@@ -110,7 +108,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.num_samples = 10_000     # generator and data samples for metrics and plots
   config.eval.grid_spacing = 0.01      # quadrature grid over [-L, L]^2, L >= 2
-  config.eval.gp_samples = 2_000       # latents for the evaluation GP estimate
+  config.eval.bound_samples = 2_000    # data points and latents of the upper term at a step
   # Compile the evaluation in a background thread while the train step compiles
   # (experiments/evaluation.py, start_warm_up; docs/performance.md, "Start-up").
   config.eval.warm_up = True
@@ -121,6 +119,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Set by data set unless given: the flow's spline interval and the confinement radius.
   if config.model.energy.confine_radius is None:
     config.model.energy.confine_radius = CONFINE_RADIUS[config.data.name]
-  if 'bound' in config.model.generator and config.model.generator.bound is None:
-    config.model.generator.bound = FLOW_BOUND[config.data.name]
+  if 'spline_range' in config.model.generator and config.model.generator.spline_range is None:
+    config.model.generator.spline_range = SPLINE_RANGE[config.data.name]
   return config

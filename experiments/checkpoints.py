@@ -14,7 +14,9 @@ from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
+from bibound_jax import config_lib
 from bibound_jax import train
+from experiments import evaluation
 
 
 class CheckpointError(RuntimeError):
@@ -25,21 +27,10 @@ class NonFiniteError(FloatingPointError):
   """A loss, energy or gradient became NaN/Inf; the message names the step and the metric."""
 
 
-# Config keys that may change between a run and its resumption (they do not change what the
-# saved state means, or only the rounding of the updates); any other difference is an error. A
-# key ending in '.' is a prefix.
-RESUMABLE_KEYS = ('train.num_steps', 'train.log_every', 'train.eval_every',
-                  'train.checkpoint_every', 'train.keep_checkpoints', 'train.nonfinite',
-                  'train.steps_per_call', 'train.divergence_gap', 'train.divergence_energy',
-                  'bounds.sv.generator_log_det',
-                  'train.init_from', 'eval.', 'sample.', 'data.data_dir', 'data.download')
-
-# Keys added to the configs after runs had been saved, each with the value that reproduces the
-# code before it: a checkpoint saved without the key matches a config that holds that value, so
-# a run (or its evaluation) survives an update of the code. Add a key here when it is added.
-ADDED_KEYS = {'bounds.diff.uniform_fraction': 0.0, 'bounds.diff.energy_l2': 0.0,
-              'model.energy.confine_times': 'all', 'model.energy.confine_power': 2.0,
-              'model.energy.prelu_bound': 0.0}
+def sections():
+  """Every config section: the library's and the evaluators' (what may change on resume, what
+  spans the run, and the keys added, moved or removed since a checkpoint was saved)."""
+  return config_lib.library_sections() + [evaluation.SECTION]
 
 
 def open_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
@@ -77,31 +68,14 @@ def save(manager: ocp.CheckpointManager, state: train.BiboundState, rng: jax.Arr
   manager.wait_until_finished()
 
 
-def flatten(d: dict, prefix: str = '') -> dict:
-  """{'a': {'b': 1}} -> {'a.b': 1}."""
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(flatten(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
+flatten = config_lib.flatten
 
 
-def config_differences(saved: dict, current: dict, allowed=RESUMABLE_KEYS) -> list[str]:
-  """'key: saved -> now' for every key that differs and is not in `allowed`."""
-  a, b = flatten(saved), flatten(current)
-  diffs = []
-  for key in sorted(set(a) | set(b)):
-    if any(key == k or (k.endswith('.') and key.startswith(k)) for k in allowed):
-      continue
-    va, vb = a.get(key, '<missing>'), b.get(key, '<missing>')
-    if va == '<missing>' and key in ADDED_KEYS and vb == ADDED_KEYS[key]:
-      continue
-    va, vb = (tuple(v) if isinstance(v, list) else v for v in (va, vb))
-    if va != vb:
-      diffs.append(f'{key}: {va!r} in the checkpoint, {vb!r} now')
-  return diffs
+def config_differences(saved: dict, current: dict, allow_resumable: bool = True) -> list[str]:
+  """'key: saved -> now' for every key where `current` differs from the `saved` config in a way
+  that matters for restoring (config_lib.saved_differences over `sections`)."""
+  return config_lib.saved_differences(flatten(saved), flatten(current), sections(),
+                                      allow_resumable)
 
 
 def choose_step(manager: ocp.CheckpointManager, step: int | None) -> int:
@@ -138,13 +112,13 @@ def saved_config(manager: ocp.CheckpointManager, step: int) -> dict:
 
 
 def check_config(manager: ocp.CheckpointManager, step: int, config,
-                 allowed=RESUMABLE_KEYS, resuming: bool = False) -> None:
+                 resuming: bool = False) -> None:
   """CheckpointError listing the keys where `config` differs from checkpoint `step`'s (and,
   `resuming` training, a longer run where a schedule spans it: `schedule_differences`)."""
   saved = saved_config(manager, step)
-  diffs = config_differences(saved, config.to_dict(), allowed)
+  diffs = config_differences(saved, config.to_dict())
   if resuming:
-    diffs += schedule_differences(saved, config.to_dict())
+    diffs += schedule_differences(saved, config)
   if diffs:
     seeds = ('\nThe seeds of a run are fixed when it starts (train.num_seeds): train another '
              'number of seeds in a new --workdir.' if any(d.startswith('train.num_seeds:')
@@ -154,23 +128,15 @@ def check_config(manager: ocp.CheckpointManager, step: int, config,
         + '\n  '.join(diffs) + seeds + '\nUse a new --workdir, or rerun with the saved values.')
 
 
-def schedule_differences(saved: dict, current: dict) -> list[str]:
+def schedule_differences(saved: dict, config) -> list[str]:
   """Why a run cannot be resumed at another train.num_steps: [] unless its length changed and
-  a schedule spans it (optim.lr_schedule 'cosine', bounds.gp.decay_horizon > 0).
+  something spans it (a section's `spans_run`: the cosine learning rates).
 
-  Resuming would then jump the learning rates (or the GP weight) from where the saved run's
-  schedule had taken them to where the longer run's stands: a warm restart, not the run the
-  command names."""
-  a, b = flatten(saved), flatten(current)
-  before, now = a.get('train.num_steps'), b.get('train.num_steps')
-  if before is None or before == now:
-    return []
-  spans = []
-  if b.get('optim.lr_schedule') == 'cosine':
-    spans.append("optim.lr_schedule = 'cosine' decays the learning rates over train.num_steps")
-  if b.get('bounds.gp.decay_horizon'):
-    spans.append('bounds.gp.decay_horizon stretches the GP weight over train.num_steps')
-  if not spans:
+  Resuming would then jump the learning rates from where the saved run's schedule had taken
+  them to where the longer run's stands: a warm restart, not the run the command names."""
+  before, now = saved['train']['num_steps'], config.train.num_steps
+  spans = config_lib.run_spans(config, sections())
+  if before == now or not spans:
     return []
   return [f'train.num_steps: {before!r} in the checkpoint, {now!r} now, and '
           + '; '.join(spans) + ': resuming would jump the schedule (a warm restart, not the '
@@ -184,9 +150,9 @@ def restore(manager: ocp.CheckpointManager, state: train.BiboundState, rng: jax.
   """(state, rng) from checkpoint `step` (default: the latest), or None when there is none.
 
   `state` and `rng` give the structure, shapes, dtypes and shardings (arrays or
-  ShapeDtypeStructs). With `config`, the saved config must agree with it (outside
-  RESUMABLE_KEYS; `resuming` training, also train.num_steps where a schedule spans it:
-  `schedule_differences`). CheckpointError names the checkpoint, the differing keys, or, for
+  ShapeDtypeStructs). With `config`, the saved config must agree with it (outside the keys
+  its sections let change on resume; `resuming` training, also train.num_steps where a
+  schedule spans it: `schedule_differences`). CheckpointError names the checkpoint, the differing keys, or, for
   an unreadable checkpoint, the previous one to fall back to."""
   step = manager.latest_step() if step is None else step
   if step is None:
@@ -220,7 +186,7 @@ def warm_start(spec: str, state: train.BiboundState, rng: jax.Array, config):
   """(state, rng, step, differences) from `spec` = 'DIR' or 'DIR@STEP': another run's checkpoint.
 
   Unlike `restore`, the config may differ from the saved one; `differences` lists the keys
-  that do (outside RESUMABLE_KEYS). The state must keep its shapes: a different network or a
+  that do (outside the resumable ones). The state must keep its shapes: a different network or a
   bound that adds a network is a CheckpointError naming the differing keys."""
   directory, _, step = spec.partition('@')
   if not os.path.isdir(os.path.join(directory, 'checkpoints')):

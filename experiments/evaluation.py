@@ -16,10 +16,15 @@ import numpy as np
 from absl import logging
 
 from bibound_jax import assemble
+from bibound_jax import config_schema
 from bibound_jax import generator as generator_lib
 from experiments import history as history_lib
 from experiments import model_eval
 
+
+# config.eval: each task's evaluator reads its own keys (set by the experiment's config); none
+# changes what a saved state means, so every key may change between a run and its resumption.
+SECTION = config_schema.Section('eval', {}, resumable=('*',))
 
 # Set in the warm-up thread only: `program`s compile for their arguments and do not run.
 _COMPILE_ONLY = threading.local()
@@ -51,6 +56,9 @@ class Evaluator:
   """Owns the jitted E(x) and G(z) of the run, the process-0 gate and the history record."""
   # Compute on every process (False: process 0 only, e.g. when it reads data sets).
   all_processes = True
+  # Compile the first evaluation's programs while the train step compiles (`start_warm_up`):
+  # the toy's evaluators set it from config.eval.warm_up.
+  warm_up = False
 
   def __init__(self, config, networks, model: bool = False):
     """`model`: also evaluate the energy as a model (samples of p_theta, log Z, the NLL:
@@ -67,14 +75,14 @@ class Evaluator:
     self._warm_up = None
 
   def start_warm_up(self, state, workdir: str) -> None:
-    """With `eval.warm_up` (the toy's default): run `compute` on the first seed of `state`
+    """With `warm_up` (the toy's, from eval.warm_up): run `compute` on the first seed of `state`
     (the run's state before its first call) in a background thread in which the evaluator's
     `program`s only compile, and import matplotlib, so that the run's first evaluation finds
     its programs compiled instead of compiling them when training stops. On a machine with a
     spare core this overlaps the compilation of the train step (docs/performance.md,
     "Start-up"). The evaluation noise is drawn for real (it is cached). `evaluate` waits for
     it. The state is copied to the host here, before the train step donates its buffers."""
-    if not self.config.eval.get('warm_up', False):
+    if not self.warm_up:
       return
     if not (jax.process_index() == 0 or self.all_processes):
       return

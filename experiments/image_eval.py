@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from bibound_jax import config_checks
+from bibound_jax import config_schema
 from bibound_jax.data import images
 from bibound_jax.metrics import fid
 from bibound_jax.metrics import inception_weights
@@ -53,7 +53,7 @@ def check_shape(config) -> images.ImageDataset:
   """The data set of `config.data.name`; ConfigError unless config.data.shape is its shape."""
   spec = images.resolve(config.data.name)
   if tuple(config.data.shape) != spec.shape:
-    raise config_checks.ConfigError(
+    raise config_schema.ConfigError(
         f'config.data.shape = {tuple(config.data.shape)} but {config.data.name} images are '
         f'{spec.shape}; set --config.data.shape="{spec.shape}".')
   return spec

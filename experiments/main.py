@@ -24,6 +24,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and figures.')
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
@@ -60,49 +62,6 @@ class _OwnLines(pylogging.Filter):
             or any(s in record.pathname for s in self.SOURCES))
 
 
-def _unknown_key_message(argv, error) -> str:
-  """Name the --config.KEY override that does not exist, and the keys that do at that level."""
-  import importlib.util
-  config_arg = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
-  try:
-    path, _, variant = config_arg.partition(':')
-    spec = importlib.util.spec_from_file_location('_bibound_config', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(variant) if variant else module.get_config()
-  except Exception:  # pylint: disable=broad-except
-    return f'a --config override names a key the config does not have ({error})'
-  from bibound_jax import config_lib
-  for arg in argv:
-    if not arg.startswith('--config.'):
-      continue
-    key = arg[len('--config.'):].split('=', 1)[0]
-    moved = config_lib.moved_key(key)
-    if moved is not None:
-      return (f'--config.{key}: this key moved to config.{moved}; pass '
-              f'--config.{moved}=... instead.')
-    node, keys = config, key.split('.')
-    for i, key in enumerate(keys):
-      if not hasattr(node, 'keys') or key not in node:
-        where = '.'.join(['config'] + keys[:i])
-        valid = ', '.join(sorted(node.keys())) if hasattr(node, 'keys') else '(not a section)'
-        return (f'--config.{".".join(keys)}: {where} has no key {key!r}; its keys are: '
-                f'{valid}. Check the spelling against {path}.')
-      node = node[key]
-  return f'a --config override names a key the config does not have ({error})'
-
-
-def parse_flags(argv):
-  """absl flag parsing; an override of a key the config does not have exits with one line
-  naming the key and the valid ones (ml_collections raises a bare AttributeError)."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:   # an ill-typed value, a missing required flag, ...
-    sys.exit(f'error: {e}\nPass --helpfull to see the flags.')
-  except (AttributeError, KeyError) as e:
-    sys.exit(f'error: {_unknown_key_message(argv, e)}')
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected command-line arguments: {argv[1:]}')
@@ -129,4 +88,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,4 +1,4 @@
-"""StackedMNIST evaluation: mode counting at fixed latents (docs/results.md, "StackedMNIST").
+"""StackedMNIST evaluation: mode counting at fixed latents (docs/results.md, "StackedMNIST"; docs/sampling.md).
 
 `eval.num_samples` generator samples (inference-mode BatchNorm), each channel classified by the
 project's MNIST classifier (trained once, then cached), and
@@ -45,7 +45,14 @@ class StackedMNISTEvaluator(evaluation.Evaluator):
     super().__init__(config, networks, model)
     self._classifier = None
     self._data = {}
+    self._digits = {}
     self._bound_values = jax.jit(functools.partial(train.bound_values, config=config))
+
+  def digits(self, split: str = 'train') -> np.ndarray:
+    """The uint8 digits (N, 28, 28) of a split of the configured source, loaded once."""
+    if split not in self._digits:
+      self._digits[split] = load_digits(self.config, split)[0]
+    return self._digits[split]
 
   def keys(self, seed: int):
     """(latent key, real-data key) of a seed's fixed evaluation noise."""
@@ -70,7 +77,7 @@ class StackedMNISTEvaluator(evaluation.Evaluator):
     """Real StackedMNIST samples for the energy statistics, and the modes/KL of as many real
     samples as generated ones (the sampling-noise floor of the metrics); once per seed."""
     if seed not in self._data:
-      images, _, _ = load_digits(self.config)
+      images = self.digits()
       x, _ = jax.jit(mnist_data.stacked_batch, static_argnums=2)(
           jnp.asarray(images), self.keys(seed)[1], self.config.eval.num_samples)
       modes = self.classify(x, workdir)
@@ -106,7 +113,7 @@ class StackedMNISTEvaluator(evaluation.Evaluator):
     (likelihood.dequantise): the points whose NLL is reported; fixed per seed."""
     key = ('held_out', seed)
     if key not in self._data:
-      images, _, _ = load_digits(self.config, 'test')
+      images = self.digits('test')
       k_stack, k_deq = jax.random.split(jax.random.fold_in(self.keys(seed)[1], 1))
       x, _ = mnist_data.stacked_batch(jnp.asarray(images), k_stack, self.config.eval.num_data)
       self._data[key] = np.asarray(likelihood.dequantise(x, k_deq))
@@ -137,7 +144,7 @@ class StackedMNISTEvaluator(evaluation.Evaluator):
     test = self.held_out(seed)
     e_test = self.model.mean_energy(params, test)
     nll = e_test + log_z.log_z
-    verdict = self.model.normalisability(params, test, k_norm, std)
+    verdict = self.model.normalisability(params, test, k_norm)
     m = {'model_modes': mode_metrics.count_modes(modes),
          'model_kl': mode_metrics.kl_to_uniform(modes),
          'model_acceptance': run.acceptance, 'model_step_size': run.step_size,
@@ -164,7 +171,7 @@ class StackedMNISTEvaluator(evaluation.Evaluator):
     if init == 'generator':
       return np.resize(x_gen, (n,) + x_gen.shape[1:])
     if init == 'data':
-      images, _, _ = load_digits(self.config)
+      images = self.digits()
       x, _ = mnist_data.stacked_batch(jnp.asarray(images), jax.random.fold_in(
           self.keys(seed)[1], 2), n)
       return np.asarray(x)
@@ -178,7 +185,7 @@ class StackedMNISTEvaluator(evaluation.Evaluator):
     only where the lower bound is a bound of that NLL (bounds/base.py, `bounds_nll`), the
     upper side likewise; with exp(-E) not normalisable on R^D that NLL is +inf."""
     cfg = self.config
-    images, _, _ = load_digits(cfg)
+    images = self.digits()
     values = []
     for k in jax.random.split(key, cfg.eval.bound_batches):
       k_data, k_bound = jax.random.split(k)

@@ -147,8 +147,7 @@ class EnergyModel:
         lambda t, k: self._ais(params, standardise, k, t, support), key,
         self.section.ais_temps, self.section.ais_doublings)
 
-  def normalisability(self, params, x_data, key,
-                      standardise: sampling.Standardise) -> likelihood.Normalisability:
+  def normalisability(self, params, x_data, key) -> likelihood.Normalisability:
     """Whether exp(-E) is a density on R^D: the ray test, and `sample.num_steps` steps of MCMC
     on R^D from (at most 256 of) the data points (the chains run off where it is not)."""
     k_ray, k_chain = jax.random.split(key)
@@ -157,7 +156,6 @@ class EnergyModel:
     real = self.standardiser(x_data, 'real')
     chains = self._chain_program('real', self.settings)(
         params, real, real.to_y(jnp.reshape(jnp.asarray(start), (len(start), -1))), k_chain)
-    del standardise
     return likelihood.normalisability(self.energy_fn(params), jnp.asarray(x_data), k_ray,
                                       chains=chains, standardise=real)
 

@@ -9,9 +9,9 @@ in-distribution set and of each OOD set, prints AUROC and AUPRC (in-distribution
 bibound_jax/metrics/ood.py) as a markdown table and writes DIR/eval/ood_<step>.json.
 
 --config is the run's config, with the run's overrides; without it the config saved in the
-checkpoint is used. Only the TFDS location (data.data_dir, data.download) and the keys a
-resumed run may change (experiments/checkpoints.py: RESUMABLE_KEYS) may differ from the saved
-config. The checkpoints are opened read-only.
+checkpoint is used (its old keys read at their place now). Only the keys a resumed run may
+change (the TFDS location data.data_dir and data.download among them: bibound_jax/config_lib.py)
+may differ from the saved config. The checkpoints are opened read-only.
 
 OOD sets: any TFDS image set of bibound_jax/data/images.py (its test split, resized to the
 model's image size when it differs; the in-distribution set itself is dropped from the list),
@@ -35,6 +35,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from bibound_jax import assemble
+from bibound_jax import config_lib
 from bibound_jax.data import images
 from bibound_jax.metrics import fid
 from bibound_jax.metrics import ood
@@ -45,7 +46,6 @@ from experiments import history
 SYNTHETIC = ('uniform', 'constant')
 DEFAULT_OOD = ('svhn_cropped', 'cifar100', 'uniform', 'constant')
 # Keys that may differ from the checkpoint's config: where the data lives.
-DATA_LOCATION_KEYS = ('data.data_dir', 'data.download')
 
 
 def synthetic_images(kind: str, n: int, shape, seed: int = 0) -> np.ndarray:
@@ -81,11 +81,11 @@ def restore(workdir: str, config=None, step: int | None = None):
   try:
     step = checkpoints.choose_step(manager, step)
     if config is None:
-      config = ml_collections.ConfigDict(checkpoints.saved_config(manager, step))
+      config = ml_collections.ConfigDict(config_lib.upgrade(checkpoints.saved_config(
+          manager, step), checkpoints.sections()))
       config.data.shape = tuple(config.data.shape)
     else:
-      checkpoints.check_config(manager, step, config,
-                               checkpoints.RESUMABLE_KEYS + DATA_LOCATION_KEYS)
+      checkpoints.check_config(manager, step, config)
     nets, abstract, rng = assemble.abstract_state(config)
     state, _ = checkpoints.restore(manager, abstract, rng, step=step)
   finally:

@@ -19,7 +19,7 @@ from typing import Callable
 from absl import logging
 
 from bibound_jax import assemble
-from bibound_jax import config_checks
+from bibound_jax import config_schema
 from bibound_jax import config_lib
 from bibound_jax.data import images as image_data
 from bibound_jax.data import mnist as mnist_data
@@ -60,12 +60,12 @@ def _image_batches(config, mesh, start_step):
 
 TASKS = {
     'toy': Task(tuple(toy_data.DATASETS), _toy_batches, toy_eval.ToyEvaluator,
-                ('eval.grid_spacing', 'eval.gp_samples')),
+                ('eval.grid_spacing', 'eval.bound_samples')),
     'stackedmnist': Task(
         ('stackedmnist',), _stackedmnist_batches, mnist_eval.StackedMNISTEvaluator,
         ('eval.batch_size', 'eval.num_data', 'eval.grid_samples', 'eval.classifier_steps',
          'eval.bound_batches'),
-        lambda config: config_checks.choice(config, 'data.source', mnist_data.SOURCES)),
+        lambda config: config_schema.choice(config, 'data.source', mnist_data.SOURCES)),
     'image': Task(
         tuple(image_data.DATASETS) + tuple(image_data.ALIASES), _image_batches,
         image_eval.ImageEvaluator,
@@ -80,7 +80,7 @@ def get_task(config) -> Task:
   for task in TASKS.values():
     if config.data.name in task.datasets:
       return task
-  config_checks.choice(config, 'data.name', ALL_DATASETS)
+  config_schema.choice(config, 'data.name', ALL_DATASETS)
   raise AssertionError('unreachable')
 
 

@@ -9,15 +9,17 @@ In 2-D every quantity of the objective (docs/bounds.md, "The objective") is comp
     H[p_g]       = H[p0] + E_z[1/2 log det J^T J]   (exact_logdet; d = D = 2),
     L_lo         = E_data[E] - E_{p_g}[E] + H[p_g]  <=  NLL  (equality iff p_g = p_theta),
     KL(p_g || p_theta) = NLL - L_lo,
-and the upper bound as trained, L_up = L_lo + relu(w GP - zeta). With lambda_H != 1 the
-generator's objective E_data[E] - E_{p_g}[E] + lambda_H H[p_g] is no longer below the NLL.
+and the upper bound as trained, L_up = L_lo + B with B the run's own upper term at this step
+(train.bound_values: relu(w GP - zeta) for the GP bound, w DSM (+ the energy penalty) for the
+diffusion bound) on `eval.bound_samples` latents. With lambda_H != 1 the generator's objective
+E_data[E] - E_{p_g}[E] + lambda_H H[p_g] is no longer below the NLL.
 
 When a bound fails the evaluation says so: `folded_fraction` is the share of latents (among
 those with a non-singular J) whose det J has the minority sign (an injective map of the plane
 keeps one orientation, so > 0 means G folds, and the change-of-variables entropy then
 over-counts), and `lower_bound_fails` (L_lo > NLL, i.e. KL(p_g || p_theta) < 0),
-`upper_bound_fails` (NLL > L_up; only when the GP is the upper bound trained: other runs'
-`upper_bound_gp` is w GP as a diagnostic, not their bound) and
+`upper_bound_fails` (NLL > L_up; only where the upper bound claims to bound the NLL:
+`Bound.bounds_nll`, not for r1 or wgan_gp) and
 `estimator_above_exact` (the training estimator's entropy above the exact one: an unconverged
 iteration) are 1 where they happen; a warning names the seeds, and sandwich.png marks them.
 On 25 Gaussians, `mode_depth_spread` (max - min of E over the mode centres; 0 for the data) and
@@ -31,6 +33,7 @@ the grid; `seeds`).
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from typing import NamedTuple
@@ -40,10 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from bibound_jax import bounds as bounds_lib
 from bibound_jax import generator as generator_lib
 from bibound_jax import train
 from bibound_jax.bounds import entropy
-from bibound_jax.bounds import gradient_penalty
 from bibound_jax.data import toy as toy_data
 from bibound_jax.metrics import toy as toy_metrics
 from experiments import evaluation
@@ -61,13 +64,12 @@ def _chunked(fn, x, chunk: int):
 
 
 class _Noise(NamedTuple):
-  """A seed's fixed evaluation noise: latents, data samples, GP latents and probes, and the
-  estimator's key."""
+  """A seed's fixed evaluation noise: latents, data samples, the estimator's key and the key
+  of the bounds' terms."""
   z: jax.Array
   x_data: np.ndarray
-  gp_z: jax.Array
-  gp_probes: jax.Array
   k_est: jax.Array
+  k_bounds: jax.Array
 
 
 class ToyEvaluator(evaluation.Evaluator):
@@ -75,6 +77,7 @@ class ToyEvaluator(evaluation.Evaluator):
 
   def __init__(self, config, networks, model: bool = False):
     super().__init__(config, networks, model)
+    self.warm_up = bool(config.eval.warm_up)
     self.name = config.data.name
     self.half_width = max(2.0, toy_data.eval_box(self.name))
     self.spacing = config.eval.grid_spacing
@@ -88,9 +91,7 @@ class ToyEvaluator(evaluation.Evaluator):
     self.z_cell_area = (2 * self.spacing)**2
     self._log_p_data = None
     self._noise = {}
-    est = entropy.JacobianTerms(config.bounds.sv).estimator
-
-    closed_form = bool(config.bounds.sv.generator_log_det)
+    est = entropy.JacobianTerms(config.bounds.jacobian).estimator
 
     def latent_terms(g, z, key):
       """Per latent: the exact log-volume log p0(z) - log p_g(G(z)) (1/2 log det J^T J, or the
@@ -99,9 +100,8 @@ class ToyEvaluator(evaluation.Evaluator):
       latent coordinates)."""
       gen = generator_lib.Generator(g)
       variables = generator_lib.variables(g.params, g.batch_stats)
-      exact_fn, fn = gen.per_sample(), gen.per_sample(closed_form)
-      exact = entropy.batched_log_volume(entropy.exact_logdet, exact_fn, variables, z,
-                                         key).value
+      fn = gen.per_sample()
+      exact = entropy.batched_log_volume(entropy.exact_logdet, fn, variables, z, key).value
       estimate = entropy.batched_log_volume(est, fn, variables, z, key).value
       # The sign of det J from slogdet: a plain det of a strongly contracting J underflows to
       # 0 in float32 and has no sign (slogdet's sign is 0 only for a singular J).
@@ -110,25 +110,22 @@ class ToyEvaluator(evaluation.Evaluator):
         return jnp.linalg.slogdet(jac[:, :jac.shape[0]])[0]
       return exact, estimate, jax.vmap(sign)(z)
     self._latent_terms = evaluation.program(latent_terms)
-
-    def gp(e_params, g, z, probes):
-      energy_fn = lambda x: networks.energy.apply({'params': e_params}, x)
-      fn = generator_lib.Generator(g).per_sample()
-      per_sample, _ = gradient_penalty.gp_fisher(
-          energy_fn, fn, generator_lib.variables(g.params, g.batch_stats), z, probes, None)
-      return jnp.mean(per_sample)
-    self._gp = evaluation.program(gp)
+    # The bounds as the train step computes them, at this step (the upper term, its parts).
+    self._bound_values = evaluation.program(functools.partial(train.bound_values,
+                                                              config=config))
+    lower, upper = bounds_lib.from_config(config)
+    self._check_upper = lower.bounds_nll(2, 2) and upper.bounds_nll(2, 2)
 
   def noise(self, seed: int) -> _Noise:
     """The fixed evaluation noise of `seed` (from fold_in(key(seed), 2))."""
     if seed not in self._noise:
       ecfg = self.config.eval
-      k_z, k_data, k_gp, k_est = jax.random.split(jax.random.fold_in(jax.random.key(seed), 2), 4)
+      k_z, k_data, k_bounds, k_est = jax.random.split(
+          jax.random.fold_in(jax.random.key(seed), 2), 4)
       z = jax.random.normal(k_z, (ecfg.num_samples, self.config.model.generator.latent_dim))
-      gp_z = z[:ecfg.gp_samples]
       self._noise[seed] = _Noise(z, np.asarray(toy_data.sample(self.name, k_data,
                                                                ecfg.num_samples)),
-                                 gp_z, jax.random.normal(k_gp, gp_z.shape), k_est)
+                                 k_est, k_bounds)
     return self._noise[seed]
 
   @property
@@ -156,9 +153,10 @@ class ToyEvaluator(evaluation.Evaluator):
                                     2048)
     h_exact = entropy.gaussian_entropy(d) + float(np.mean(exact))
     h_est = entropy.gaussian_entropy(d) + float(np.mean(estimate))
-    gp = float(self._gp(e_params, gen, noise.gp_z, noise.gp_probes))
-    weight = float(gradient_penalty.scheduled_weight(cfg, train.iteration(state)))
-    upper_term = max(weight * gp - cfg.bounds.gp.margin, 0.0)
+    # The run's own upper term at this step, on eval.bound_samples data points and latents.
+    values = jax.device_get(self._bound_values(
+        state, jnp.asarray(noise.x_data[:cfg.eval.bound_samples]), noise.k_bounds))
+    upper_term = float(values['upper_term'])
     nll = e_data + log_z
     lower = e_data - e_fake + h_exact
     m = {
@@ -170,7 +168,9 @@ class ToyEvaluator(evaluation.Evaluator):
         'lower_bound_estimator': e_data - e_fake + h_est,
         'lower_bound_lambda': e_data - e_fake + cfg.bounds.lambda_h * h_est,
         'kl_gen_model': nll - lower,
-        'gp': gp, 'upper_term_gp': upper_term, 'upper_bound_gp': lower + upper_term,
+        'upper_term': upper_term, 'upper_bound': lower + upper_term,
+        # the upper term's parts, e.g. gp, dsm, energy_l2
+        **{k: float(values[k]) for k in ('gp', 'dsm', 'energy_l2') if k in values},
         'kl_data_model': float(toy_metrics.grid_kl(self.log_p_data, -energy_grid,
                                                    self.cell_area)),
         # An injective map of the plane keeps one orientation: the share of latents whose
@@ -182,10 +182,7 @@ class ToyEvaluator(evaluation.Evaluator):
         'lower_bound_fails': float(lower > nll),
         'estimator_above_exact': float(h_est > h_exact + 1e-3),
     }
-    if cfg.bounds.upper == 'gp':
-      # Only where w GP is the upper bound trained: for another upper bound (the diffusion
-      # bound) `upper_bound_gp` is a diagnostic, and a verdict on it would not be about the
-      # run's bound.
+    if self._check_upper:   # r1 and wgan_gp bound nothing: no verdict on them
       m['upper_bound_fails'] = float(nll > lower + upper_term)
     if self.name == '25gaussians':
       mm = toy_metrics.mode_metrics(samples, toy_data.mode_centres(self.name),
@@ -198,7 +195,7 @@ class ToyEvaluator(evaluation.Evaluator):
                                                    toy_data.mode_std(self.name))
       # The wells of E at the modes: depth spread over the centres (0 for the data; s nats
       # leave the shallowest mode e^-s of the deepest one's mass) and the rise at 1 mode-std
-      # (0.5 for -log p_data): docs/results.md, "What runs away is the relative depth".
+      # (0.5 for -log p_data): docs/studies/toy_mi_diff.md, "What runs away is the relative depth of the modes".
       wells = toy_metrics.mode_wells(lambda x: energy(np.asarray(x, np.float32)),
                                      toy_data.mode_centres(self.name),
                                      toy_data.mode_std(self.name), noise.x_data,
@@ -259,23 +256,21 @@ class ToyEvaluator(evaluation.Evaluator):
     plot_bound_terms(history_lib.read_metrics(workdir), self.seeds,
                      os.path.join(out, 'bounds.png'))
     plot_sandwich(history, self.seeds, self.config.bounds, os.path.join(out, 'sandwich.png'))
-    for what, failed in bound_failures(metrics, self.seeds, self.config.bounds.upper):
+    for what, failed in bound_failures(metrics, self.seeds):
       logging.warning('Toy evaluation at %d: %s for seed(s) %s.', step, what,
                       ', '.join(map(str, failed)))
 
 
-def bound_failures(metrics, seeds, upper: str) -> list[tuple[str, list[int]]]:
-  """(what failed, the seeds where it did) for each bound that fails in `metrics`.
-
-  L_up is checked only when it is the GP bound: the evaluation computes w GP for every run,
-  but for another upper bound that is not the bound trained (the diffusion bound's own term is
-  not a guaranteed bound: docs/bounds.md).
-  """
-  checks = [('lower_bound_fails', 'L_lo > NLL (the entropy term over-counts)')]
-  if upper == 'gp':
-    checks.append(('upper_bound_fails', 'L_up < NLL (the upper term is below the KL)'))
+def bound_failures(metrics, seeds) -> list[tuple[str, list[int]]]:
+  """(what failed, the seeds where it did) for each side of the sandwich that fails in
+  `metrics` (a side is checked only where the evaluation wrote its flag: L_up not for r1 or
+  wgan_gp, which bound nothing)."""
+  checks = [('lower_bound_fails', 'L_lo > NLL (the entropy term over-counts)'),
+            ('upper_bound_fails', 'L_up < NLL (the upper term is below the KL)')]
   out = []
   for flag, what in checks:
+    if flag not in metrics:
+      continue
     failed = [seed for seed, v in zip(seeds, history_lib.seed_values(metrics, flag, seeds))
               if v]
     if failed:
@@ -283,22 +278,22 @@ def bound_failures(metrics, seeds, upper: str) -> list[tuple[str, list[int]]]:
   return out
 
 
-def sandwich_failures(record, seeds, upper: str) -> list[tuple[int, str]]:
+def sandwich_failures(record, seeds) -> list[tuple[int, str]]:
   """(seed, line) for each seed of an evaluation where a side of the sandwich fails, the line
-  with its margin: L_lo > NLL, or (`upper` 'gp' only, as in `bound_failures`) L_up < NLL, i.e.
-  the upper term w GP below KL(p_g || p_theta) = NLL - L_lo."""
+  with its margin: L_lo > NLL, or (where checked, as in `bound_failures`) L_up < NLL, i.e. the
+  upper term below KL(p_g || p_theta) = NLL - L_lo."""
   value = lambda key: history_lib.seed_values(record, key, seeds)
   nll, lower = value('nll'), value('lower_bound')
   low = value('lower_bound_fails')
-  up = value('upper_bound_fails') if upper == 'gp' else [0.0] * len(seeds)
+  up = value('upper_bound_fails') if 'upper_bound_fails' in record else [0.0] * len(seeds)
   out = []
   for k, s in enumerate(seeds):
     if low[k]:
       out.append((s, f"iteration {record['step']}, seed {s}: L_lo {lower[k]:.3f} > NLL "
                      f'{nll[k]:.3f} (by {lower[k] - nll[k]:.3f} nats)'))
     if up[k]:
-      kl, term = nll[k] - lower[k], value('upper_term_gp')[k]
-      out.append((s, f"iteration {record['step']}, seed {s}: w GP {term:.3f} < "
+      kl, term = nll[k] - lower[k], value('upper_term')[k]
+      out.append((s, f"iteration {record['step']}, seed {s}: upper term {term:.3f} < "
                      f'KL(p_g || p_theta) {kl:.3f} (by {kl - term:.3f} nats)'))
   return out
 
@@ -392,16 +387,17 @@ def plot_sandwich(history: list[dict], seeds, bounds_config, path: str) -> None:
   _curves(ax, steps, history, 'lower_bound', seeds, color='tab:blue')
   _curves(ax, steps, history, 'lower_bound_estimator', seeds, color='tab:cyan', ls='--')
   labels = {'nll': 'NLL (quadrature)', 'lower_bound': 'L_lo (exact entropy)',
-            'lower_bound_estimator': f'L_lo ({bounds_config.sv.estimator})'}
+            'lower_bound_estimator': f'L_lo ({bounds_config.jacobian.estimator})'}
   if bounds_config.lambda_h != 1.0:
     _curves(ax, steps, history, 'lower_bound_lambda', seeds, color='m', ls=':')
     labels['lower_bound_lambda'] = f'objective, lambda_H = {bounds_config.lambda_h:g} (no bound)'
-  if bounds_config.upper == 'gp':
-    _curves(ax, steps, history, 'upper_bound_gp', seeds, color='tab:red')
-    labels['upper_bound_gp'] = 'L_up = L_lo + relu(w GP - zeta)'
+  checked = 'upper_bound_fails' in history[-1]
+  _curves(ax, steps, history, 'upper_bound', seeds, color='tab:red', ls='-' if checked else ':')
+  labels['upper_bound'] = (f'L_up = L_lo + the {bounds_config.upper} term'
+                           + ('' if checked else ' (no bound)'))
   for flag, key, colour in (('lower_bound_fails', 'lower_bound', 'tab:blue'),
-                            ('upper_bound_fails', 'upper_bound_gp', 'tab:red')):
-    if flag == 'upper_bound_fails' and bounds_config.upper != 'gp':
+                            ('upper_bound_fails', 'upper_bound', 'tab:red')):
+    if flag not in history[-1]:
       continue
     pts = [(h['step'], v) for h in history
            for f, v in zip(history_lib.seed_values(h, flag, seeds),

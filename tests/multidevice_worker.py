@@ -25,7 +25,7 @@ def small_config(num_steps):
   cfg.train.steps_per_call = 1
   cfg.eval.num_samples = 500
   cfg.eval.grid_spacing = 0.05
-  cfg.eval.gp_samples = 100
+  cfg.eval.bound_samples = 100
   # Adam with b1 = 0 and a tiny eps takes sign-like steps, which turn rounding differences
   # (a different reduction order over devices) into O(lr) differences for parameters whose
   # gradient is ~0. eps = 1 makes the update ~ lr * g, so "equal up to float32 rounding" is a

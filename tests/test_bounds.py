@@ -7,10 +7,11 @@ import pytest
 
 from bibound_jax import assemble
 from bibound_jax import bounds
-from bibound_jax import config_checks
+from bibound_jax import config_schema
 from bibound_jax import config_lib
 from bibound_jax import train
 from bibound_jax.bounds import base
+from configs import common
 from configs import toy
 
 
@@ -21,7 +22,7 @@ class EnergyL2(base.UpperBound):
 
   @classmethod
   def validate(cls, config):
-    config_checks.positive(config, 'bounds.energy_l2.weight', allow_zero=True)
+    config_schema.positive(config, 'bounds.energy_l2.weight', allow_zero=True)
 
   def term(self, inputs: base.EnergyInputs):
     e = jnp.concatenate([inputs.energy_fn(inputs.x_data), inputs.energy_fn(inputs.x_fake)])
@@ -45,7 +46,7 @@ def test_a_new_bound_is_one_class_and_one_registry_entry(monkeypatch):
   np.testing.assert_allclose(metrics['upper_bound'] - metrics['lower_bound'],
                              metrics['energy_l2'], atol=1e-6)
   cfg.bounds.energy_l2.weight = -1.0
-  with pytest.raises(config_checks.ConfigError, match='bounds.energy_l2.weight = -1.0'):
+  with pytest.raises(config_schema.ConfigError, match='bounds.energy_l2.weight = -1.0'):
     config_lib.validate_config(cfg, ('25gaussians',))
 
 
@@ -54,41 +55,45 @@ def test_names_come_from_the_registry():
   assert tuple(bounds.UPPER) == ('gp', 'diff', 'none', 'r1', 'wgan_gp')
   cfg = toy.get_config('authors')
   cfg.bounds.lower = 'svd'
-  with pytest.raises(config_checks.ConfigError, match="bounds.lower = 'svd'.*sv, mi, none"):
-    bounds.validate(cfg)
+  with pytest.raises(config_schema.ConfigError, match="bounds.lower = 'svd'.*sv, mi, none"):
+    config_lib.validate_config(cfg, ('25gaussians',))
 
 
 def test_only_the_chosen_bounds_sections_are_checked():
   """A bad value in an unused bound's section does not stop a run; in a used one it does.
-  The GP uses the SV settings for its score, so it checks them too."""
+  The GP uses the Jacobian settings for its score, so they are checked with it."""
+  validate = lambda cfg: config_lib.validate_config(cfg, ('25gaussians',))
   cfg = toy.get_config('authors,wgan_gp')
   cfg.bounds.mi.sigma = -1.0
-  cfg.bounds.sv.estimator = 'power'
-  bounds.validate(cfg)
+  cfg.bounds.jacobian.estimator = 'power'
+  validate(cfg)
   cfg.bounds.lower = 'mi'
-  with pytest.raises(config_checks.ConfigError, match='bounds.mi.sigma = -1.0'):
-    bounds.validate(cfg)
+  with pytest.raises(config_schema.ConfigError, match='bounds.mi.sigma = -1.0'):
+    validate(cfg)
   cfg = toy.get_config('authors,mi+diff')
   cfg.bounds.upper = 'gp'
-  cfg.bounds.sv.estimator = 'power'
-  with pytest.raises(config_checks.ConfigError, match='bounds.sv.estimator'):
-    bounds.validate(cfg)
-  # A decay horizon without the decaying schedule would silently do nothing.
-  cfg = toy.get_config('authors')
-  cfg.bounds.gp.update(schedule='constant', decay_horizon=30_000)
-  with pytest.raises(config_checks.ConfigError, match="decay_horizon = 30000.*'constant'"):
-    bounds.validate(cfg)
-  # The diffusion bound's uniform share of t draws: a fraction, and only with the proposal.
-  cfg = toy.get_config('authors,mi+diff')
-  cfg.bounds.diff.uniform_fraction = 0.5
-  bounds.validate(cfg)
-  cfg.bounds.diff.uniform_fraction = 1.5
-  with pytest.raises(config_checks.ConfigError, match=r'uniform_fraction = 1.5.*\[0, 1\]'):
-    bounds.validate(cfg)
-  cfg.bounds.diff.update(uniform_fraction=0.5, importance_sampling=False)
-  with pytest.raises(config_checks.ConfigError, match='set importance_sampling=True or '
-                     'uniform_fraction=0'):
-    bounds.validate(cfg)
+  cfg.bounds.jacobian.estimator = 'power'
+  with pytest.raises(config_schema.ConfigError, match='bounds.jacobian.estimator'):
+    validate(cfg)
+
+
+def test_each_section_is_declared_once_by_its_component():
+  """The config is the declarations' defaults; the keys checkpoints may see change, and the
+  keys that moved, come from the declarations (no table elsewhere)."""
+  sections = config_lib.library_sections()
+  paths = [s.path for s in sections]
+  assert len(paths) == len(set(paths))
+  cfg = common.base_config()
+  for s in sections:
+    if not s.defaults:   # data, model.*: the experiment's config sets them
+      continue
+    node = cfg
+    for part in s.path.split('.'):
+      node = node[part]
+    assert {k: node[k] for k in s.defaults} == dict(s.defaults), s.path
+  assert config_lib.moved_key('bounds.sv.jacobian_bn') == 'bounds.jacobian.batch_norm'
+  assert config_lib.moved_key('config.bounds.estimator') == 'bounds.jacobian.estimator'
+  assert config_lib.moved_key('bounds.gp.weight') is None
 
 
 def test_network_options_ask_for_what_each_bound_needs():
@@ -99,3 +104,18 @@ def test_network_options_ask_for_what_each_bound_needs():
   cfg = toy.get_config('authors,mi+diff')
   cfg.bounds.mi.learn_sigma = True
   assert bounds.network_options(cfg)['output_noise'] == (0.05, 0.01)
+
+
+def test_which_bounds_bound_the_nll_on_r_d():
+  """docs/bounds.md, "What the bounds bound in D dimensions": the SV and GP bounds only when
+  the generator's density lives on R^D (d = D); the MI and diffusion bounds always; the
+  baselines never."""
+  cfg = toy.get_config('authors')
+  lower, upper = {}, {}
+  for name, cls in bounds.LOWER.items():
+    lower[name] = (cls(cfg).bounds_nll(2, 2), cls(cfg).bounds_nll(2352, 32))
+  for name, cls in bounds.UPPER.items():
+    upper[name] = (cls(cfg).bounds_nll(2, 2), cls(cfg).bounds_nll(2352, 32))
+  assert lower == {'sv': (True, False), 'mi': (True, True), 'none': (False, False)}
+  assert upper == {'gp': (True, False), 'diff': (True, True), 'none': (False, False),
+                   'r1': (False, False), 'wgan_gp': (False, False)}

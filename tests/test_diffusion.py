@@ -138,22 +138,19 @@ def test_importance_sampling_is_unbiased(x64, likelihood_weighting):
 
   @jax.jit
   def draws(key):
-    return [diff.dsm_per_sample(_test_energy, x0, k, SDE, 1e-3, likelihood_weighting, is_, f)
-            for k, is_, f in zip(jax.random.split(key, 3), (False, True, True), (0.0, 0.0, 0.5))]
+    return [diff.dsm_per_sample(_test_energy, x0, k, SDE, 1e-3, likelihood_weighting, is_)
+            for k, is_ in zip(jax.random.split(key, 2), (False, True))]
 
-  (uniform, _), (importance, _), (mixture, t_mix) = draws(jax.random.key(4))
+  (uniform, _), (importance, t_is) = draws(jax.random.key(4))
   mu = float(jnp.mean(uniform))
-  for other in (importance, mixture):   # the same DSM, whatever the proposal
-    se = math.sqrt(float(jnp.var(uniform) + jnp.var(other)) / n)
-    assert abs(mu - float(jnp.mean(other))) < 4 * se, (mu, float(jnp.mean(other)), se)
+  se = math.sqrt(float(jnp.var(uniform) + jnp.var(importance)) / n)
+  assert abs(mu - float(jnp.mean(importance))) < 4 * se, (mu, float(jnp.mean(importance)), se)
   if likelihood_weighting:   # the point of the proposal: far lower variance
     assert float(jnp.std(importance)) < 0.5 * float(jnp.std(uniform))
-  # Half the mixture's draws are uniform: P(t > 1/2) = 1/2 (1/2 - t_min) / (1 - t_min) + 1/2 P_p
-  # (P_p from the importance proposal's exact CDF, F(t) = log(exp(int beta) - 1)).
+  # The draws follow the proposal's exact CDF, F(t) = log(exp(int beta) - 1) normalised.
   f = lambda t: float(diff._is_antiderivative(SDE, t))
   p_half = (f(1.0) - f(0.5)) / (f(1.0) - f(1e-3))
-  expected = 0.5 * (0.5 - 1e-3) / (1 - 1e-3) + 0.5 * p_half
-  assert abs(float(jnp.mean(t_mix > 0.5)) - expected) < 4 * math.sqrt(0.25 / n)
+  assert abs(float(jnp.mean(t_is > 0.5)) - p_half) < 4 * math.sqrt(0.25 / n)
   np.testing.assert_allclose(
       diff.dsm_loss(_test_energy, x0[:64], jax.random.key(5), SDE, 1e-3, likelihood_weighting),
       jnp.mean(diff.dsm_per_sample(_test_energy, x0[:64], jax.random.key(5), SDE, 1e-3,
@@ -255,7 +252,7 @@ def test_toy_time_energy_keeps_the_toy_spectral_norm():
   energy = assemble.networks(cfg).energy
   assert isinstance(energy, TimeMLPEnergy) and energy.spectral_norm
   # Smooth in t (E(., 0) tied to E(., t_min), which DSM sees), the bound's own weight and the
-  # energy penalty that stops the toy's run-away (docs/results.md, rows 13-14).
+  # energy penalty that stops the toy's run-away (docs/studies/toy_mi_diff.md, rows 13-14).
   assert energy.time_scale == 1.0 and cfg.bounds.diff.weight == 1.0
   assert cfg.bounds.diff.energy_l2 == 0.1
   emb = lambda t: sinusoidal_embedding(jnp.asarray([t]), 32, energy.time_scale)
@@ -294,21 +291,17 @@ def test_energy_l2_adds_the_penalty_on_the_energy_values_to_the_term():
   np.testing.assert_allclose(grad, 2 * expected / 1.5, rtol=1e-4)
 
 
-def test_confinement_at_time_zero_only():
+def test_confinement_at_every_time():
+  """The confinement is part of E(., t) at every t: zero inside the radius, 5 (|x| - 1)^2
+  outside."""
   from bibound_jax.models.toy import confinement
-  every_t = TimeMLPEnergy(confine=5.0, confine_radius=1.0)
-  t0_only = TimeMLPEnergy(confine=5.0, confine_radius=1.0, confine_times='zero')
+  confined = TimeMLPEnergy(confine=5.0, confine_radius=1.0)
+  free = TimeMLPEnergy()
   params = _init_time_mlp(jax.random.key(3), jnp.zeros((1, 2)))   # same parameter tree
   x = jnp.asarray([[0.2, -0.3], [1.5, 0.5], [-2.0, 2.0]])
-  both = jax.jit(lambda x, t: (every_t.apply(params, x, t), t0_only.apply(params, x, t)))
   c = confinement(x, 5.0, 1.0)
   assert float(c[0]) == 0.0 and float(jnp.min(c[1:])) > 1.0   # inside, outside the radius
-  e_all, e_zero = both(x, jnp.zeros(3))       # the EBM E(., 0): confined either way
-  np.testing.assert_allclose(e_zero, e_all, rtol=1e-6)
-  e_all, e_zero = both(x, jnp.full(3, 0.4))   # what DSM scores: no confinement
-  np.testing.assert_allclose(e_zero, e_all - c, rtol=1e-5, atol=1e-5)
-  wall = TimeMLPEnergy(confine=5.0, confine_radius=1.0, confine_power=1.0)
-  np.testing.assert_allclose(jax.jit(wall.apply)(params, x) - both(x, jnp.zeros(3))[0],
-                             confinement(x, 5.0, 1.0, 1.0) - c, rtol=1e-5, atol=1e-5)
-  with pytest.raises(ValueError, match="confine_times = 'never'"):
-    TimeMLPEnergy(confine_times='never').apply(params, x)
+  both = jax.jit(lambda x, t: (confined.apply(params, x, t), free.apply(params, x, t)))
+  for t in (jnp.zeros(3), jnp.full(3, 0.4)):
+    e_confined, e_free = both(x, t)
+    np.testing.assert_allclose(e_confined - e_free, c, rtol=1e-5, atol=1e-5)

@@ -365,7 +365,7 @@ def test_create_models_with_a_config_dict_and_what_the_bounds_ask_for():
 def test_registry_rejects_unknown_names_and_keys():
   with pytest.raises(ValueError, match='valid: mlp, dcgan, resnet'):
     registry.create_energy({'name': 'vit'}, (32, 32, 3))
-  with pytest.raises(ValueError, match='valid: mlp, flow, dcgan, resnet'):
+  with pytest.raises(ValueError, match='valid: mlp, flow, flow_mixture, dcgan, resnet'):
     registry.create_generator({'name': 'stylegan', 'latent_dim': 8}, (32, 32, 3))
   with pytest.raises(ValueError, match='latent_dim'):
     registry.create_generator({'name': 'dcgan'}, (32, 32, 3))

@@ -49,8 +49,8 @@ def tiny_config(data_dir, tmp, arg=None, **train):
   cfg.model.energy.width = 8
   cfg.model.generator.width = 8
   cfg.model.generator.latent_dim = 8
-  cfg.bounds.sv.num_iters = 2
-  cfg.bounds.sv.block_size = 2
+  cfg.bounds.jacobian.num_iters = 2
+  cfg.bounds.jacobian.block_size = 2
   cfg.bounds.mi.hidden = (16,)
   cfg.train.update(dict(batch_size=8, num_steps=4, log_every=2, eval_every=2,
                         checkpoint_every=2))
@@ -265,7 +265,7 @@ def test_synthetic_ood_sets(kind):
 def test_configs_and_presets():
   from configs import imagenet32  # pylint: disable=import-outside-toplevel
   cfg = cifar10.get_config()
-  assert (cfg.bounds.lower, cfg.bounds.upper, cfg.bounds.sv.estimator) == ('sv', 'gp', 'lobpcg')
+  assert (cfg.bounds.lower, cfg.bounds.upper, cfg.bounds.jacobian.estimator) == ('sv', 'gp', 'lobpcg')
   assert cfg.train.batch_size == 64 and cfg.model.generator.latent_dim == 128
   assert cfg.optim.lr_energy == cfg.optim.lr_generator == 5e-5 and cfg.bounds.lambda_h == 1e-4
   assert cfg.eval.num_samples == 50_000

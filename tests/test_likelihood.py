@@ -28,7 +28,10 @@ def _ais_runner(log_p, dim, chains, leapfrog=3):
 
 def test_ais_recovers_a_gaussian_log_z_in_stackedmnist_dimension():
   # D = 2352, a diagonal Gaussian energy with scales over a decade; the base (the chains'
-  # standardisation) is off by 10% in scale and 0.1 std in location in every coordinate.
+  # standardisation) is off by 10% in scale and 0.1 std in location in every coordinate:
+  # KL(base || target) = 34 nats, spread over 2352 coordinates. (At 50 and 100 temperatures
+  # with 16 chains the check says converged while the estimate is 0.75 nats low, 3.5 times
+  # its reported error: too few temperatures fool the doubling check.)
   dim = 28 * 28 * 3
   energy, mu, sigma, truth = _gaussian(dim, jax.random.key(0))
   std = sampling.Standardise(mu + 0.1 * sigma, 1.1 * sigma)

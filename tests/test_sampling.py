@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bibound_jax import config_checks
+from bibound_jax import config_lib
+from bibound_jax import config_schema
 from bibound_jax import sampling
 from configs import toy
 
@@ -91,9 +92,9 @@ def test_latent_log_density_is_the_latent_ebm():
 def test_bad_sample_settings_name_the_key():
   config = toy.get_config()
   config.sample.kernel = 'nuts'
-  with pytest.raises(config_checks.ConfigError, match=r'config\.sample\.kernel'):
-    sampling.validate(config)
+  with pytest.raises(config_schema.ConfigError, match=r'config\.sample\.kernel'):
+    config_lib.validate_config(config, ('25gaussians',))
   config = toy.get_config()
   config.sample.num_warmup = 500
-  with pytest.raises(config_checks.ConfigError, match='num_warmup'):
-    sampling.validate(config)
+  with pytest.raises(config_schema.ConfigError, match='num_warmup'):
+    config_lib.validate_config(config, ('25gaussians',))

@@ -38,7 +38,7 @@ def tiny_config(tmp_path, **train_overrides):
   cfg.model.energy.hidden = (64, 32)
   cfg.model.generator.hidden = (32, 64)
   cfg.model.generator.latent_dim = 4
-  cfg.bounds.sv.num_latents = 4
+  cfg.bounds.jacobian.num_latents = 4
   cfg.train.batch_size = 16
   cfg.train.update(dict(num_steps=4, log_every=2, eval_every=4, checkpoint_every=4))
   cfg.train.update(train_overrides)
@@ -49,7 +49,7 @@ def tiny_config(tmp_path, **train_overrides):
   cfg.eval.classifier_steps = 40
   cfg.eval.classifier_path = str(tmp_path / 'classifier.msgpack')
   cfg.eval.bound_batches = 2
-  cfg.sample.update(num_steps=6, num_warmup=3, ais_chains=8, ais_temps=20)
+  cfg.sample.update(num_steps=6, num_warmup=3, ais_chains=8, ais_temps=20, ais_doublings=0)
   return cfg
 
 
@@ -107,13 +107,13 @@ def test_config_variants_and_errors():
   assert default.train.batch_size == 64 and default.optim.lr_energy == 2e-4
   assert default.model.energy.hidden == (2000, 1000, 500, 250, 250)
   assert default.model.generator.hidden == (500, 1000, 2000)
-  assert cpu.train.num_steps < default.train.num_steps and cpu.bounds.sv.num_latents == 16
+  assert cpu.train.num_steps < default.train.num_steps and cpu.bounds.jacobian.num_latents == 16
   assert cnn.model.energy.name == 'dcgan' and cnn.bounds.upper == 'r1'
   assert stackedmnist.get_config('cpu,cnn').model.energy.name == 'dcgan'
   with pytest.raises(ValueError, match="unknown argument 'gpu'.*cpu, cnn"):
     stackedmnist.get_config('gpu')
   bad = stackedmnist.get_config()
-  bad.bounds.sv.num_latents = 24
+  bad.bounds.jacobian.num_latents = 24
   with pytest.raises(config_lib.ConfigError, match='num_latents = 24 must be 0 .* divisor of'):
     config_lib.validate_config(bad, ('stackedmnist',))
   bad = stackedmnist.get_config()
@@ -124,7 +124,7 @@ def test_config_variants_and_errors():
 
 def test_jacobian_latents_are_a_strided_subset():
   z = jnp.arange(64.0)[:, None]
-  cfg = stackedmnist.get_config().bounds.sv
+  cfg = stackedmnist.get_config().bounds.jacobian
   assert entropy.JacobianTerms(cfg).latents(z).shape == (64, 1)          # num_latents 0: all
   cfg.num_latents = 16
   np.testing.assert_array_equal(entropy.JacobianTerms(cfg).latents(z)[:, 0],
@@ -132,7 +132,7 @@ def test_jacobian_latents_are_a_strided_subset():
 
 
 def test_report_pools_the_seeds_of_separate_runs():
-  """benchmarks/stackedmnist.py --runs (history.pool): a 1-seed and a 2-seed run of a preset -> 3 seeds, at
+  """experiments/studies/stackedmnist.py --runs (history.pool): a 1-seed and a 2-seed run of a preset -> 3 seeds, at
   the evaluation steps both reached."""
   from experiments import history
   keys = history.STACKEDMNIST_KEYS

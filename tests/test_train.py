@@ -133,28 +133,6 @@ def test_mi_and_diffusion_pairings(lower, upper, extra):
                                cfg.bounds.diff.weight * float(metrics['dsm']), rtol=1e-5)
 
 
-def test_mi_noise_data_shows_the_energy_the_data_with_the_samples_noise():
-  """bounds.mi.noise_data: E(x_data) in loss_E is taken at x_data + sigma eps (the data noise
-  key fold_in(key, 4)); without it, at x_data."""
-  x = jax.random.normal(jax.random.key(4), (32, 2))
-  z = jax.random.normal(jax.random.key(3), (32, 2))
-  key = jax.random.key(5)
-  seen = []
-  for noise_data in (False, True):
-    cfg, state = _setup(lower='mi', upper='gp', mi={'sigma': 0.3, 'noise_data': noise_data})
-    state = assemble.seed_slice(state, 0)
-    lower, upper = bounds.from_config(cfg)
-    # Jitted: op by op, the loss is ~500 small programs (7.5 s against 3 s for the test).
-    loss = jax.jit(lambda p, s, k: train.energy_loss(p, s, x, z, k, lower, upper))
-    _, (metrics, _) = loss(state.energy.params, state, key)
-    energy = lambda y: state.energy.apply_fn({'params': state.energy.params}, y)
-    noisy = x + 0.3 * jax.random.normal(jax.random.fold_in(key, 4), x.shape)
-    np.testing.assert_allclose(float(metrics['energy_real']),
-                               float(jnp.mean(energy(noisy if noise_data else x))), rtol=1e-5)
-    seen.append(float(metrics['energy_real']))
-  assert seen[0] != seen[1]
-
-
 def test_diffusion_builds_a_time_conditioned_energy_or_says_why_not():
   """The diffusion bound asks for E(x, t): the toy MLP becomes TimeMLPEnergy; the 28x28 CNN
   has no time-conditioned variant, which validation names."""
@@ -256,18 +234,18 @@ def test_generator_update_reusing_the_energy_update_vectors_is_exact(estimator):
   assert np.isfinite(float(metrics['entropy']))
   cfg.bounds.sv.share_vectors = False
   assert not bounds.from_config(cfg)[0].reuses(carry)
-  cfg.bounds.sv.estimator = 'exact_logdet'   # no vectors to hand on
+  cfg.bounds.jacobian.estimator = 'exact_logdet'   # no vectors to hand on
   _, (_, carry) = loss(state, *bounds.from_config(cfg))
   assert carry is None
 
 
 @pytest.mark.parametrize('estimator', ['exact_logdet', 'exact_smin'])
 def test_latent_chunk_gives_the_same_step(estimator):
-  """bounds.sv.latent_chunk loops over chunks of latents (entropy.map_latents) instead of one
+  """bounds.jacobian.latent_chunk loops over chunks of latents (entropy.map_latents) instead of one
   vmap: same losses and parameters after two iterations (5 does not divide 32: a remainder)."""
   cfg, state = _setup('sv+gp', sv={'estimator': estimator, 'num_iters': 3})
   chunked = cfg.copy_and_resolve_references()
-  chunked.bounds.sv.latent_chunk = 5
+  chunked.bounds.jacobian.latent_chunk = 5
   out = []
   for c in (cfg, chunked):
     step, s = _make_step(c, donate=False), state
@@ -298,6 +276,6 @@ def test_latent_chunk_must_be_non_negative():
   with pytest.raises(ValueError, match='latent chunk must be >= 0'):
     entropy.map_latents(lambda z: z, (jnp.zeros((4, 2)),), -1)
   cfg = toy.get_config('authors,sv+gp')
-  cfg.bounds.sv.latent_chunk = -2
+  cfg.bounds.jacobian.latent_chunk = -2
   with pytest.raises(config_lib.ConfigError, match='latent_chunk = -2; it must be a number >= 0'):
     config_lib.validate_config(cfg, ('25gaussians',))

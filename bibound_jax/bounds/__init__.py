@@ -8,11 +8,12 @@ a line below (docs/bounds.md, "Adding a bound").
 """
 from __future__ import annotations
 
-from bibound_jax import config_checks
+from bibound_jax import config_schema
 from bibound_jax.bounds import baselines
 from bibound_jax.bounds import diffusion
 from bibound_jax.bounds import entropy
 from bibound_jax.bounds import gradient_penalty
+from bibound_jax.bounds import jacobian
 from bibound_jax.bounds import mutual_info
 
 LOWER = {b.name: b for b in (entropy.SVBound, mutual_info.MIBound, baselines.NoEntropy)}
@@ -20,26 +21,38 @@ UPPER = {b.name: b for b in (gradient_penalty.GPBound, diffusion.DiffusionBound,
                              baselines.NoUpper, baselines.R1Bound, baselines.WGANGPBound)}
 
 
-def sections() -> dict[str, dict]:
-  """{name: defaults} of every bound with a config section (config.bounds.<name>)."""
-  out = {}
-  for cls in (*LOWER.values(), *UPPER.values()):
-    if cls.DEFAULTS:
-      out[cls.name] = dict(cls.DEFAULTS)
+def _check(config) -> None:
+  classes(config)   # the names
+  config_schema.positive(config, 'bounds.lambda_h', allow_zero=True)
+
+
+# config.bounds itself: the pairing and the entropy weight in the generator loss (1 keeps L_lo
+# a bound; the run logs a warning otherwise). Each bound's own settings are config.bounds.<name>.
+SECTION = config_schema.Section('bounds', dict(lower='sv', upper='gp', lambda_h=1.0), _check)
+
+
+def sections() -> list[config_schema.Section]:
+  """config.bounds, the shared Jacobian settings and every bound's own section, declared."""
+  own = [cls.config_section() for cls in (*LOWER.values(), *UPPER.values())]
+  return [SECTION, jacobian.SECTION] + [s for s in own if s is not None]
+
+
+def checked_sections(config) -> list[config_schema.Section]:
+  """The bound sections whose checks apply to `config`: config.bounds, the chosen bounds' own,
+  and the Jacobian settings where a chosen bound uses them. A bad value in an unused bound's
+  section does not stop a run."""
+  chosen = classes(config)
+  out = [SECTION] + [s for s in (cls.config_section() for cls in chosen) if s is not None]
+  if any(cls.uses_jacobian for cls in chosen):
+    out.append(jacobian.SECTION)
   return out
 
 
 def classes(config):
   """(lower class, upper class) named by config.bounds.lower / .upper (ConfigError if unknown)."""
-  config_checks.choice(config, 'bounds.lower', LOWER)
-  config_checks.choice(config, 'bounds.upper', UPPER)
+  config_schema.choice(config, 'bounds.lower', LOWER)
+  config_schema.choice(config, 'bounds.upper', UPPER)
   return LOWER[config.bounds.lower], UPPER[config.bounds.upper]
-
-
-def validate(config) -> None:
-  """Check the chosen bounds' names and config sections."""
-  for cls in classes(config):
-    cls.validate(config)
 
 
 def from_config(config):

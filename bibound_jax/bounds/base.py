@@ -6,8 +6,9 @@ bound (docs/bounds.md, "The objective"):
     energy:     loss_E = mean E(x_data) - mean E(sg x_fake) + upper.term(...)
     generator:  loss_G = mean E(x)  - lambda_H * lower.entropy(...)
 
-A bound is a class with a `name`, the defaults of its config section `config.bounds.<name>`
-(`DEFAULTS`; none when empty), a `validate(config)` that checks that section, and its term.
+A bound is a class with a `name`, the declaration of its config section `config.bounds.<name>`
+(`DEFAULTS`, none when empty; `validate(config)`, which checks it; and for checkpoints of older
+code `MOVED`, `ADDED`, `REMOVED`, and `spans_run`: `config_schema.Section`), and its term.
 Instances are built from the whole config; `bibound_jax.bounds.from_config` picks them by
 `config.bounds.lower` / `config.bounds.upper` from the registry in `bounds/__init__.py`.
 The train step calls the instances; it never looks at their names.
@@ -19,13 +20,19 @@ from typing import Any, Callable, ClassVar
 
 import jax
 
+from bibound_jax import config_schema
+
 Array = jax.Array
 
 
 class Bound:
-  """A bound's name, config section defaults and checks (subclass LowerBound/UpperBound)."""
+  """A bound's name and config section (subclass LowerBound/UpperBound)."""
   name: ClassVar[str] = ''
   DEFAULTS: ClassVar[dict] = {}
+  MOVED: ClassVar[dict] = {}      # old dotted key -> its key in this section
+  ADDED: ClassVar[dict] = {}      # key added since runs were saved -> the old behaviour's value
+  REMOVED: ClassVar[dict] = {}    # key removed -> (value kept, last commit reading it)
+  uses_jacobian: ClassVar[bool] = False   # reads config.bounds.jacobian (bounds/jacobian.py)
 
   def __init__(self, config):
     self.config = config
@@ -37,7 +44,23 @@ class Bound:
 
   @classmethod
   def validate(cls, config) -> None:
-    """Raise config_checks.ConfigError, naming the key, for a bad value of the section."""
+    """Raise config_schema.ConfigError, naming the key, for a bad value of the section."""
+
+  @classmethod
+  def spans_run(cls, section) -> str | None:
+    """Why a longer train.num_steps would change what the saved part of a run means (a
+    schedule stretched over the run), or None."""
+    del section
+    return None
+
+  @classmethod
+  def config_section(cls) -> config_schema.Section | None:
+    """The declaration of config.bounds.<name> (None for a bound without settings)."""
+    if not (cls.DEFAULTS or cls.MOVED or cls.REMOVED):
+      return None
+    return config_schema.Section(f'bounds.{cls.name}', cls.DEFAULTS, cls.validate,
+                                 spans_run=cls.spans_run, added=cls.ADDED, moved=cls.MOVED,
+                                 removed=cls.REMOVED)
 
   def network_options(self) -> dict:
     """Keyword arguments of `models.create_models` for the networks this bound needs."""
@@ -113,12 +136,6 @@ class LowerBound(Bound):
     """(x, new BatchNorm statistics): the generator's samples whose entropy is bounded."""
     del key
     return generator.sample(params, z)
-
-  def data(self, generator, params, x_data: Array, key: Array) -> Array:
-    """The data the energy compares the samples with: x_data itself, unless the bound's model
-    of the data differs (the MI bound's noisy data, `bounds.mi.noise_data`)."""
-    del generator, params, key
-    return x_data
 
   def entropy(self, inputs: GeneratorInputs) -> tuple[Array | None, dict]:
     """(term, metrics): the term multiplied by lambda_H in loss_G, equal to the entropy lower

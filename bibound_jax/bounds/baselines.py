@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bibound_jax import config_checks
+from bibound_jax import config_schema
 from bibound_jax.bounds import base
 
 Array = jax.Array
@@ -61,10 +61,11 @@ class R1Bound(base.UpperBound):
   """`r1`: w * mean ||grad_x E(x_data)||^2 (not a bound on the KL; the authors' EBM_0GP)."""
   name = 'r1'
   DEFAULTS = dict(weight=1.0)
+  MOVED = {'bounds.r1_weight': 'bounds.r1.weight'}
 
   @classmethod
   def validate(cls, config) -> None:
-    config_checks.positive(config, 'bounds.r1.weight', allow_zero=True)
+    config_schema.positive(config, 'bounds.r1.weight', allow_zero=True)
 
   def term(self, inputs: base.EnergyInputs):
     return r1_penalty(inputs.energy_fn, inputs.x_data, self.section.weight), {}, None
@@ -75,10 +76,11 @@ class WGANGPBound(base.UpperBound):
   the KL; the WGAN-GP critic's penalty)."""
   name = 'wgan_gp'
   DEFAULTS = dict(weight=10.0)
+  MOVED = {'bounds.wgan_gp_weight': 'bounds.wgan_gp.weight'}
 
   @classmethod
   def validate(cls, config) -> None:
-    config_checks.positive(config, 'bounds.wgan_gp.weight', allow_zero=True)
+    config_schema.positive(config, 'bounds.wgan_gp.weight', allow_zero=True)
 
   def term(self, inputs: base.EnergyInputs):
     key = jax.random.split(inputs.key, 3)[2]

@@ -36,12 +36,6 @@ is F(t) = log(exp(int_0^t beta) - 1), so t is drawn exactly by inverting F, and 
 per-sample weight becomes the constant Z / (T - t_min), Z = F(T) - F(t_min), which removes the
 1/sigma_t^2 blow-up near t_min.
 
-A defensive mixture (Hesterberg 1995) keeps a fraction f of the draws uniform: t ~ q(t) =
-(1 - f) p(t) + f / (T - t_min), each value divided by (T - t_min) q(t). Still unbiased for the same
-DSM; p(t) puts about 65% of its draws at sigma_t >= 0.3, where the noised modes of a multimodal
-p_g overlap and the score sees their relative weights, and U(t_min, T) about 91%
-(docs/bounds.md, "The diffusion upper bound").
-
 Score matching fits grad_x E only: it leaves each separated mode's depth E(mode) free, and on the
 toy the depths of E(., 0) drift apart by hundreds of nats. An energy penalty (`energy_l2` = a,
 as in Du & Mordatch 2019) adds a (mean E(x_data)^2 + mean E(x_fake)^2) >= 0 to the term: B grows,
@@ -59,7 +53,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from bibound_jax import config_checks
+from bibound_jax import config_schema
 from bibound_jax.bounds import base
 
 Array = jax.Array
@@ -164,44 +158,34 @@ def dsm_at(energy_t_fn: Callable, x0: Array, t: Array, eps: Array, sde: VPSDE,
 
 
 def dsm_per_sample(energy_t_fn: Callable, x0: Array, key: Array, sde: VPSDE, t_min: float = 1e-3,
-                   likelihood_weighting: bool = True, importance_sampling: bool = False,
-                   uniform_fraction: float = 0.0) -> tuple[Array, Array]:
+                   likelihood_weighting: bool = True,
+                   importance_sampling: bool = False) -> tuple[Array, Array]:
   """Unbiased per-sample DSM estimates (B,) and the times t (B,) they used.
 
   One t and one eps per sample. Uniform t: value = 1/2 lambda(t) ||.||^2. Importance-sampled t:
-  value = 1/2 lambda(t) ||.||^2 / ((T - t_min) q(t)), q = (1 - f) p + f / (T - t_min) with
-  f = uniform_fraction (a static float; 0 is plain importance sampling), whose mean is the same
-  DSM.
+  value = 1/2 lambda(t) ||.||^2 / ((T - t_min) p(t)), whose mean is the same DSM.
   """
   k_t, k_eps = jax.random.split(key)
   b, dtype = x0.shape[0], x0.dtype
   if importance_sampling:
     t = sample_importance_time(k_t, (b,), sde, t_min, dtype)
-    if uniform_fraction > 0:
-      k_u, k_pick = jax.random.split(jax.random.fold_in(k_t, 1))
-      t_u = jax.random.uniform(k_u, (b,), dtype, minval=t_min, maxval=sde.T)
-      t = jnp.where(jax.random.uniform(k_pick, (b,), dtype) < uniform_fraction, t_u, t)
   else:
     t = jax.random.uniform(k_t, (b,), dtype, minval=t_min, maxval=sde.T)
   eps = jax.random.normal(k_eps, x0.shape, dtype)
   values = dsm_at(energy_t_fn, x0, t, eps, sde, likelihood_weighting)
   if importance_sampling:
-    scaled_p = (sde.T - t_min) * importance_density(sde, t, t_min)
-    if uniform_fraction > 0:   # (T - t_min) q(t)
-      scaled_p = (1.0 - uniform_fraction) * scaled_p + uniform_fraction
-    values = values / scaled_p
+    values = values / ((sde.T - t_min) * importance_density(sde, t, t_min))
   return values, t
 
 
 def dsm_loss(energy_t_fn: Callable, x0: Array, key: Array, sde: VPSDE, t_min: float = 1e-3,
-             likelihood_weighting: bool = True, importance_sampling: bool = False,
-             uniform_fraction: float = 0.0) -> Array:
+             likelihood_weighting: bool = True, importance_sampling: bool = False) -> Array:
   """DSM = 1/2 E_{t ~ U(t_min, T), eps}[lambda(t) ||grad_x E(x_t, t) - eps / sigma_t||^2].
 
   The batch mean of `dsm_per_sample`; differentiable in the energy's parameters only.
   """
   values, _ = dsm_per_sample(energy_t_fn, x0, key, sde, t_min, likelihood_weighting,
-                             importance_sampling, uniform_fraction)
+                             importance_sampling)
   return jnp.mean(values)
 
 
@@ -221,13 +205,16 @@ class DiffusionBound(base.UpperBound):
   over t into the bound's integral.
 
   Config: weight w_diff; beta_min, beta_max (the SDE); t_min; likelihood_weighting
-  (lambda = g^2, else sigma_t^2); importance_sampling of t, with uniform_fraction of the draws
-  kept uniform (a defensive mixture; 0: none); energy_l2, the weight of a penalty on E's values
-  (0: none)."""
+  (lambda = g^2, else sigma_t^2); importance_sampling of t; energy_l2, the weight of a penalty
+  on E's values (0: none)."""
   name = 'diff'
   DEFAULTS = dict(weight=1e-3, beta_min=0.1, beta_max=20.0, t_min=1e-3,
-                  likelihood_weighting=True, importance_sampling=True, uniform_fraction=0.0,
-                  energy_l2=0.0)
+                  likelihood_weighting=True, importance_sampling=True, energy_l2=0.0)
+  ADDED = {'energy_l2': 0.0}
+  MOVED = {f'bounds.diff_{k}': f'bounds.diff.{k}' for k in (
+      'weight', 'beta_min', 'beta_max', 't_min', 'likelihood_weighting', 'importance_sampling')}
+  # A defensive mixture of uniform draws of t in the importance sampling; no result used it.
+  REMOVED = {'bounds.diff.uniform_fraction': (0.0, 'e83a7b6')}
 
   def objective_warnings(self) -> list[str]:
     w = self.section.weight
@@ -238,20 +225,9 @@ class DiffusionBound(base.UpperBound):
 
   @classmethod
   def validate(cls, config) -> None:
-    config_checks.positive(config, 'bounds.diff.weight', 'bounds.diff.t_min',
+    config_schema.positive(config, 'bounds.diff.weight', 'bounds.diff.t_min',
                            'bounds.diff.beta_min', 'bounds.diff.beta_max')
-    config_checks.positive(config, 'bounds.diff.uniform_fraction', 'bounds.diff.energy_l2',
-                           allow_zero=True)
-    f = config.bounds.diff.uniform_fraction
-    if f > 1:
-      raise config_checks.ConfigError(
-          f'config.bounds.diff.uniform_fraction = {f!r}; it is the share of uniform draws of t '
-          'in the importance-sampling proposal: choose a number in [0, 1].')
-    if f > 0 and not config.bounds.diff.importance_sampling:
-      raise config_checks.ConfigError(
-          f'config.bounds.diff.uniform_fraction = {f!r} mixes uniform draws into the '
-          'importance-sampling proposal, but bounds.diff.importance_sampling is False (every '
-          'draw is uniform already): set importance_sampling=True or uniform_fraction=0.')
+    config_schema.positive(config, 'bounds.diff.energy_l2', allow_zero=True)
 
   def bounds_nll(self, data_dim: int, latent_dim: int) -> bool:
     # Meant as a bound on the NLL on R^D (its generator is the MI bound's noisy one or an
@@ -267,8 +243,7 @@ class DiffusionBound(base.UpperBound):
     dsm = dsm_loss(inputs.energy_t_fn, inputs.x_fake, jax.random.split(inputs.key, 3)[2],
                    VPSDE(beta_min=s.beta_min, beta_max=s.beta_max), t_min=s.t_min,
                    likelihood_weighting=s.likelihood_weighting,
-                   importance_sampling=s.importance_sampling,
-                   uniform_fraction=s.uniform_fraction)
+                   importance_sampling=s.importance_sampling)
     value, metrics = diffusion_upper_term(dsm, s.weight), {'dsm': dsm}
     if s.energy_l2 > 0:
       metrics['energy_l2'] = energy_l2(inputs.energy_fn(inputs.x_data),

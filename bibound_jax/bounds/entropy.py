@@ -34,7 +34,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from bibound_jax import config_checks
 from bibound_jax.bounds import base
 
 Array = jax.Array
@@ -317,43 +316,18 @@ def log_volume(fn: GenFn, params, z: Array, v: Array | None) -> Array:
 
 
 class JacobianTerms:
-  """The generator-Jacobian settings of config.bounds.sv, shared by the SV entropy bound and
-  the GP upper bound's score of -log p_g:
-
-    estimator, num_iters, block_size, cg_iters   the s_1 estimator (`get_estimator`);
-    num_latents   the Jacobian terms on every (B / num_latents)-th latent of the batch (0: all).
-                  Both the entropy E_z[log vol J(z)] and the GP E_z[1/2 (a - s)^2] are means
-                  over z, so a subset estimates them without bias at num_latents / B of the
-                  Jacobian cost; the stride keeps the subset spread over the batch shards;
-    latent_chunk  latents per vmapped estimator call (`map_latents`; 0: all at once);
-    jacobian_bn   BatchNorm statistics inside the Jacobian ('batch' | 'running';
-                  bibound_jax/generator.py);
-    generator_log_det   with exact_logdet, take log |det J| from the generator's closed form
-                  when it has one (the spline flow; `generator.PerSample`): the same values as
-                  the dense Jacobian's, in fewer operations. False: always the dense Jacobian."""
+  """The generator-Jacobian terms as config.bounds.jacobian sets them (bounds/jacobian.py),
+  shared by the SV entropy bound and the GP upper bound's score of -log p_g: the s_1 estimator
+  (`get_estimator`), the latent subset (`latents`), the latent chunks (`map_latents`) and the
+  BatchNorm statistics inside the Jacobian (bibound_jax/generator.py)."""
 
   def __init__(self, section):
     self.section = section
     self.estimator = get_estimator(section.estimator, num_iters=section.num_iters,
                                    block_size=section.block_size, cg_iters=section.cg_iters)
     self.exact_logdet = section.estimator == 'exact_logdet'   # no s_1 vectors to share
-    self.batch_norm = section.jacobian_bn
+    self.batch_norm = section.batch_norm
     self.latent_chunk = section.latent_chunk
-    self.generator_log_det = bool(section.generator_log_det)
-
-  @staticmethod
-  def validate(config) -> None:
-    config_checks.choice(config, 'bounds.sv.estimator', ESTIMATORS)
-    config_checks.choice(config, 'bounds.sv.jacobian_bn', ('batch', 'running'))
-    config_checks.positive(config, 'bounds.sv.num_iters', 'bounds.sv.block_size',
-                           'bounds.sv.cg_iters')
-    config_checks.positive(config, 'bounds.sv.num_latents', 'bounds.sv.latent_chunk',
-                           allow_zero=True)
-    n, batch = config.bounds.sv.num_latents, config.train.batch_size
-    if n and batch % n:
-      raise config_checks.ConfigError(
-          f'config.bounds.sv.num_latents = {n} must be 0 (the whole batch) or a divisor of '
-          f'config.train.batch_size = {batch}.')
 
   def latents(self, z: Array) -> Array:
     """The latents of the Jacobian terms: every (B / num_latents)-th latent of z (B, d)."""
@@ -369,23 +343,20 @@ class JacobianTerms:
 
 class SVBound(base.LowerBound):
   """`sv`: H[p_g] >= H[p0] + E_z[d log s_1(J(z))] (or E_z[1/2 log det J^T J] with
-  exact_logdet), for an injective generator. The term is the batch mean of
-  `SVEstimate.value`; after a GP energy update at the same generator parameters it reuses
-  that update's latents and s_1 vectors (`share_vectors`): at the parameters the vectors were
-  solved for, d log ||J(z) v|| with v fixed has the estimate's value and gradient (envelope
-  theorem), so the entropy term costs one JVP per latent instead of a second solve."""
+  exact_logdet), for an injective generator, with the Jacobian settings of config.bounds.jacobian
+  (bounds/jacobian.py). The term is the batch mean of `SVEstimate.value`; after a GP energy
+  update at the same generator parameters it reuses that update's latents and s_1 vectors
+  (`share_vectors`): at the parameters the vectors were solved for, d log ||J(z) v|| with v
+  fixed has the estimate's value and gradient (envelope theorem), so the entropy term costs one
+  JVP per latent instead of a second solve."""
   name = 'sv'
-  DEFAULTS = dict(estimator='exact_smin', num_iters=2, block_size=1, cg_iters=10,
-                  num_latents=0, latent_chunk=0, jacobian_bn='batch', share_vectors=True,
-                  generator_log_det=True)
+  uses_jacobian = True
+  DEFAULTS = dict(share_vectors=True)
+  MOVED = {'bounds.share_sv': 'bounds.sv.share_vectors'}
 
   def __init__(self, config):
     super().__init__(config)
-    self.jacobian = JacobianTerms(self.section)
-
-  @classmethod
-  def validate(cls, config) -> None:
-    JacobianTerms.validate(config)
+    self.jacobian = JacobianTerms(config.bounds.jacobian)
 
   def bounds_nll(self, data_dim: int, latent_dim: int) -> bool:
     return data_dim == latent_dim   # else H is a d-dimensional surface's entropy
@@ -395,7 +366,7 @@ class SVBound(base.LowerBound):
 
   def entropy(self, inputs: base.GeneratorInputs):
     gen, z = inputs.generator, inputs.z
-    fn = gen.per_sample(self.jacobian.generator_log_det)
+    fn = gen.per_sample()
     variables = gen.jacobian_variables(inputs.params, z, self.jacobian.batch_norm)
     z_jac = self.jacobian.latents(z)
     if self.jacobian.exact_logdet:   # the value itself is differentiated (no vectors)

@@ -21,7 +21,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from bibound_jax import config_checks
+from bibound_jax import config_schema
 from bibound_jax.bounds import base
 from bibound_jax.bounds import entropy
 
@@ -64,65 +64,50 @@ def gp_upper_term(gp: Array, weight, margin: float) -> Array:
   return jax.nn.relu(weight * gp - margin)
 
 
-def gp_weight(step, weight: float, schedule: str = 'constant', decay=(2307.0, 0.55),
-              time_scale: float = 1.0):
+def gp_weight(step, weight: float, schedule: str = 'constant', decay=(2307.0, 0.55)):
   """The GP weight w_t at iteration `step` from the configured `weight` a.
 
-  'constant': w_t = a.   'decay': w_t = a (b + s t)^(-c) with (b, c) = (2307, 0.55); the authors'
-  toy uses a = 0.7 and s = 1: about 1e-2 at t = 0 and 1e-3 at t = 150k. s = H / T stretches
-  the decay of an H-iteration run over T iterations (`scheduled_weight`).
+  'constant': w_t = a.   'decay': w_t = a (b + t)^(-c) with (b, c) = (2307, 0.55); the authors'
+  toy uses a = 0.7: about 1e-2 at t = 0 and 1e-3 at t = 150k.
   """
   if schedule == 'constant':
     return jnp.asarray(weight, jnp.float32)
   if schedule == 'decay':
     b, c = decay
-    return weight * (b + time_scale * jnp.asarray(step, jnp.float32)) ** (-c)
+    return weight * (b + jnp.asarray(step, jnp.float32)) ** (-c)
   raise ValueError(f"Unknown GP weight schedule {schedule!r}; valid: constant, decay.")
-
-
-def scheduled_weight(config, step):
-  """w_t of config.bounds.gp at iteration `step`. With decay_horizon H > 0 the decay follows
-  the run's progress t / T (T = config.train.num_steps), as a cosine learning rate does: a
-  run of any length sees at t the weight an H-iteration run sees at H t / T."""
-  s = config.bounds.gp
-  time_scale = s.decay_horizon / config.train.num_steps if s.decay_horizon else 1.0
-  return gp_weight(step, s.weight, s.schedule, time_scale=time_scale)
 
 
 class GPBound(base.UpperBound):
   """`gp`: upper term relu(w GP - zeta) with GP = 1/2 mean (a - s)^2 on the generator's
-  latents. The score s uses the log-volume of the SV settings (config.bounds.sv: estimator,
-  num_latents, latent_chunk, jacobian_bn), whose s_1 estimate it hands on as the carry.
+  latents. The score s uses the log-volume of the Jacobian settings (config.bounds.jacobian:
+  bounds/jacobian.py), whose s_1 estimate it hands on as the carry.
 
   Config: weight a; schedule 'constant' (w = a) or 'decay' (w_t = a (2307 + t)^-0.55, the
-  authors' toy schedule with a = 0.7; `gp_weight`); decay_horizon H (0: t counts iterations;
-  else the decay is stretched over the run, `scheduled_weight`); margin zeta >= 0."""
+  authors' toy schedule with a = 0.7; `gp_weight`); margin zeta >= 0."""
   name = 'gp'
-  DEFAULTS = dict(weight=1e-3, schedule='constant', decay_horizon=0, margin=0.0)
+  uses_jacobian = True
+  DEFAULTS = dict(weight=1e-3, schedule='constant', margin=0.0)
+  MOVED = {'bounds.gp_weight': 'bounds.gp.weight', 'bounds.gp_weight_schedule':
+           'bounds.gp.schedule', 'bounds.gp_margin': 'bounds.gp.margin'}
+  # Stretched the decay over train.num_steps (a study of the toy's schedule).
+  REMOVED = {'bounds.gp.decay_horizon': (0, 'e83a7b6')}
 
   def __init__(self, config):
     super().__init__(config)
-    self.jacobian = entropy.JacobianTerms(config.bounds.sv)
+    self.jacobian = entropy.JacobianTerms(config.bounds.jacobian)
 
   @classmethod
   def validate(cls, config) -> None:
-    config_checks.choice(config, 'bounds.gp.schedule', ('constant', 'decay'))
-    config_checks.positive(config, 'bounds.gp.weight', 'bounds.gp.margin',
-                           'bounds.gp.decay_horizon', allow_zero=True)
-    s = config.bounds.gp
-    if s.decay_horizon and s.schedule != 'decay':
-      raise config_checks.ConfigError(
-          f"config.bounds.gp.decay_horizon = {s.decay_horizon} stretches the 'decay' schedule, "
-          f"but config.bounds.gp.schedule = {s.schedule!r}: set the schedule to 'decay' or the "
-          'horizon to 0.')
-    entropy.JacobianTerms.validate(config)
+    config_schema.choice(config, 'bounds.gp.schedule', ('constant', 'decay'))
+    config_schema.positive(config, 'bounds.gp.weight', 'bounds.gp.margin', allow_zero=True)
 
   def bounds_nll(self, data_dim: int, latent_dim: int) -> bool:
     return data_dim == latent_dim   # else KL(p_g || p_theta) = +inf for a surface's p_g
 
   def term(self, inputs: base.EnergyInputs):
     gen = inputs.generator
-    fn = gen.per_sample(self.jacobian.generator_log_det)
+    fn = gen.per_sample()
     variables = sg(gen.jacobian_variables(gen.params, inputs.z, self.jacobian.batch_norm))
     z = self.jacobian.latents(inputs.z)
     k_probe, k_est, _ = jax.random.split(inputs.key, 3)
@@ -134,5 +119,5 @@ class GPBound(base.UpperBound):
                               None if carry is None else carry.vector,
                               self.jacobian.latent_chunk)
     gp = jnp.mean(per_sample)
-    weight = scheduled_weight(self.config, inputs.step)
+    weight = gp_weight(inputs.step, self.section.weight, self.section.schedule)
     return gp_upper_term(gp, weight, self.section.margin), {'gp': gp}, carry

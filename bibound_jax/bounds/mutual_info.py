@@ -42,7 +42,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from bibound_jax import config_checks
+from bibound_jax import config_schema
 from bibound_jax.bounds import base
 
 Array = jax.Array
@@ -165,24 +165,29 @@ class MIBound(base.LowerBound):
   MI network (encoder for 'ba', critic for 'infonce' / 'jsd') trained by its own update to
   maximise the same MI bound (`mi_net_loss`). The energy sees the noisy samples too.
 
-  Config: estimator ('ba' | 'infonce' | 'jsd'); hidden (the MI network's widths); lr (its
-  learning rate); sigma (the output noise), learned when learn_sigma (sigma = floor + exp(p), a
-  parameter of the generator; models/noisy.py) with floor sigma_floor; noise_data: the energy
-  sees the data with the same noise, x_data + sigma eps, so both sides of loss_E live in the
-  same sigma-blurred space and the model is one of the blurred data p_data * N(0, sigma^2 I)
-  (docs/bounds.md, "The MI entropy bound")."""
+  Config: estimator ('ba' | 'infonce' | 'jsd'); hidden (the MI network's widths; its
+  learning rate is optim.lr_mi_net); sigma (the output noise), learned when learn_sigma
+  (sigma = floor + exp(p), a parameter of the generator; models/noisy.py) with floor
+  sigma_floor (docs/bounds.md, "The MI entropy bound")."""
   name = 'mi'
-  DEFAULTS = dict(estimator='ba', hidden=(100, 100), lr=2e-4, sigma=0.05, learn_sigma=False,
-                  sigma_floor=0.01, noise_data=False)
+  DEFAULTS = dict(estimator='ba', hidden=(100, 100), sigma=0.05, learn_sigma=False,
+                  sigma_floor=0.01)
+  MOVED = {f'bounds.mi_{k}': f'bounds.mi.{k}' for k in (
+      'estimator', 'hidden', 'sigma', 'learn_sigma', 'sigma_floor')}
+  REMOVED = {
+      'bounds.mi.lr': (config_schema.ANY, 'e83a7b6'),   # never read (optim.lr_mi_net is)
+      # Noised the data the energy sees with the samples' sigma: one negative finding.
+      'bounds.mi.noise_data': (False, 'e83a7b6'),
+  }
 
   @classmethod
   def validate(cls, config) -> None:
-    config_checks.choice(config, 'bounds.mi.estimator', MI_KINDS)
-    config_checks.positive(config, 'bounds.mi.sigma', 'bounds.mi.lr')
-    config_checks.positive(config, 'bounds.mi.sigma_floor', allow_zero=True)
+    config_schema.choice(config, 'bounds.mi.estimator', MI_KINDS)
+    config_schema.positive(config, 'bounds.mi.sigma')
+    config_schema.positive(config, 'bounds.mi.sigma_floor', allow_zero=True)
     s = config.bounds.mi
     if s.learn_sigma and not s.sigma > s.sigma_floor:
-      raise config_checks.ConfigError(
+      raise config_schema.ConfigError(
           f'config.bounds.mi.sigma = {s.sigma} must exceed config.bounds.mi.sigma_floor = '
           f'{s.sigma_floor} when learn_sigma is set.')
 
@@ -203,12 +208,6 @@ class MIBound(base.LowerBound):
   def samples(self, generator, params, z, key):
     x, stats = generator.sample(params, z)
     return add_output_noise(x, self.sigma(generator, params), key), stats
-
-  def data(self, generator, params, x_data, key):
-    """x_data + sigma eps with noise_data (sigma held fixed here: only the energy sees it)."""
-    if not self.section.noise_data:
-      return x_data
-    return add_output_noise(x_data, sg(self.sigma(generator, params)), key)
 
   def _apply(self, mi_net):
     return lambda p, *args: mi_net.apply_fn({'params': p}, *args)

@@ -14,6 +14,7 @@ from bibound_jax.models.noisy import NoisyGenerator
 
 ENERGIES = registry.ENERGIES
 GENERATORS = registry.GENERATORS
+SECTIONS = registry.SECTIONS
 
 
 class Networks(NamedTuple):
@@ -44,3 +45,13 @@ def create_models(model_config, data_shape: Sequence[int], *, time_conditioned: 
   if mi_net is not None:
     net = mi.create_mi_model(mi_net['kind'], generator.latent_dim, tuple(mi_net['hidden']))
   return Networks(energy, generator, net)
+
+
+def check(model_config, data_shape: Sequence[int], *, time_conditioned: bool = False,
+          **unused) -> None:
+  """ValueError naming the key when `config.model` names a network, or gives it a
+  hyperparameter, that does not exist for this data (or for what the bounds ask: a
+  time-conditioned energy); builds nothing."""
+  del unused
+  registry.resolve_energy(model_config.energy, data_shape, time_conditioned)
+  registry.resolve_generator(model_config.generator, data_shape)

@@ -10,8 +10,8 @@ Coupling layer l splits the coordinates into two halves A_l and B_l (alternating
 moves). The coordinates in B_l pass through unchanged; each coordinate in A_l goes through its
 own monotone rational-quadratic spline (Durkan et al., 2019, "Neural spline flows") whose
 K bin widths, K bin heights and K - 1 interior knot derivatives are outputs of a PReLU MLP of
-x_B. On [-bound, bound] the spline maps the interval onto itself; outside it is the identity
-(boundary derivatives 1, so the map is C^1). The conditioner's last layer starts at zero: the
+x_B. On [-b, b] (b = `spline_range`) the spline maps the interval onto itself; outside it is
+the identity (boundary derivatives 1, so the map is C^1). The conditioner's last layer starts at zero: the
 flow is the identity at initialisation, every bin of equal size and every derivative 1.
 The spline's inverse has a closed form too (a quadratic in each bin), so G^-1 and the density
 log p_g(x) = log p0(G^-1(x)) - log |det J_G(G^-1(x))| are exact: `FlowMixtureGenerator` (bottom)
@@ -112,7 +112,11 @@ def rq_spline_inverse(y: jax.Array, raw_widths: jax.Array, raw_heights: jax.Arra
   a = h * (s - d0) + delta * big_d
   b = h * d0 - delta * big_d
   c = -s * delta
-  xi = jnp.clip(2.0 * c / (-b - jnp.sqrt(jnp.maximum(b * b - 4.0 * a * c, 0.0))), 0.0, 1.0)
+  # The discriminant is >= 0 in exact arithmetic; where rounding takes it to 0, sqrt's
+  # derivative would be infinite: the double `where` keeps value and gradient finite.
+  disc = b * b - 4.0 * a * c
+  root = jnp.where(disc > 0, jnp.sqrt(jnp.where(disc > 0, disc, 1.0)), 0.0)
+  xi = jnp.clip(2.0 * c / (-b - root), 0.0, 1.0)
   x = jnp.where(inside, x0 + xi * w, y)
   t = xi * (1.0 - xi)
   numer = s * s * (d1 * xi * xi + 2.0 * s * t + d0 * (1.0 - xi) ** 2)
@@ -136,7 +140,7 @@ class SplineFlowGenerator(nn.Module):
   layers: int = 2
   hidden: Sequence[int] = (64, 64)
   num_bins: int = 16
-  bound: float = 3.0
+  spline_range: float = 3.0     # the splines act on [-spline_range, spline_range]
 
   def setup(self):
     n = math.prod(self.data_shape)
@@ -189,7 +193,7 @@ class SplineFlowGenerator(nn.Module):
       moved, fixed = self._halves(layer, n)
       m = x[:, moved].shape[-1]
       y, log_slope = rq_spline_and_log_slope(
-          x[:, moved], *self._spline_params(layer, x[:, fixed], m), self.bound,
+          x[:, moved], *self._spline_params(layer, x[:, fixed], m), self.spline_range,
           with_slope=with_log_det)
       if with_log_det:
         log_det = log_det + jnp.sum(log_slope, axis=-1)
@@ -207,7 +211,7 @@ class SplineFlowGenerator(nn.Module):
       moved, fixed = self._halves(layer, n)
       m = z[:, moved].shape[-1]
       y, log_slope = rq_spline_inverse(z[:, moved], *self._spline_params(layer, z[:, fixed], m),
-                                       self.bound)
+                                       self.spline_range)
       log_det = log_det + jnp.sum(log_slope, axis=-1)
       z = z.at[:, moved].set(y)
     return z, log_det
@@ -246,19 +250,20 @@ class FlowMixtureGenerator(nn.Module):
 
   The GP score s = v . grad[-log p_g(G(z))] follows: exact with 'exact'; with 'components'
   the component's score, which is the mixture's wherever one component's responsibility is 1.
-  Every component is computed for every sample (K forward, and with 'exact' K inverse,
-  passes): fine for the 2-D toys. Shifts start uniform in [-init_spread, init_spread]^n, so
-  the components start apart.
+  A sample runs its own component forward (its parameters gathered: one flow pass); with
+  'exact' every component's inverse runs at it (K passes). Shifts start uniform in
+  [-init_spread, init_spread]^n, so the components start apart, and scales at init_scale.
   """
   latent_dim: int = 3
   data_shape: Sequence[int] = (2,)
   components: int = 5
   entropy: str = 'exact'
   init_spread: float = 2.0
+  init_scale: float = 1.0
   layers: int = 2
   hidden: Sequence[int] = (64, 64)
   num_bins: int = 16
-  bound: float = 3.0
+  spline_range: float = 3.0     # the splines act on [-spline_range, spline_range]
 
   def setup(self):
     n = math.prod(self.data_shape)
@@ -272,11 +277,12 @@ class FlowMixtureGenerator(nn.Module):
                     split_rngs={'params': True}, in_axes=0, out_axes=0,
                     axis_size=self.components, methods=['forward_and_log_det', 'inverse'])
     self.flows = flows(latent_dim=n, data_shape=(n,), layers=self.layers, hidden=self.hidden,
-                       num_bins=self.num_bins, bound=self.bound)
+                       num_bins=self.num_bins, spline_range=self.spline_range)
     spread = self.init_spread
     self.shift = self.param('shift', lambda key, shape: jax.random.uniform(
         key, shape, minval=-spread, maxval=spread), (self.components, n))
-    self.log_scale = self.param('log_scale', nn.initializers.zeros, (self.components, n))
+    self.log_scale = self.param('log_scale', nn.initializers.constant(math.log(self.init_scale)),
+                                (self.components, n))
 
   def component(self, u):
     """k = floor(K Phi(u)) for u (B,): component k has probability 1/K."""
@@ -291,10 +297,27 @@ class FlowMixtureGenerator(nn.Module):
     return x, log_det + jnp.sum(self.log_scale, -1)[:, None]
 
   def _forward(self, zu):
+    """(G(z, u) (B, n), log |det J_k(z)| (B,)) with each sample's own component only: its
+    flow's parameters gathered per sample (one flow pass, not K)."""
     z, u = zu[:, :-1], zu[:, -1]
-    x_all, log_det_all = self._all_components(z)
-    pick = jax.nn.one_hot(self.component(u), self.components, dtype=z.dtype).T   # (K, B)
-    return jnp.einsum('kb,kbn->bn', pick, x_all), jnp.sum(pick * log_det_all, 0)
+    if self.is_initializing():   # create the components' parameters
+      self._all_components(z)
+    k = self.component(u)
+    stacked = self.flows.variables['params']
+    n = z.shape[-1]
+    single = SplineFlowGenerator(latent_dim=n, data_shape=(n,), layers=self.layers,
+                                 hidden=self.hidden, num_bins=self.num_bins,
+                                 spline_range=self.spline_range,
+                                 parent=None)
+
+    def one(zi, ki):
+      params = jax.tree.map(lambda a: jnp.take(a, ki, axis=0), stacked)
+      y, log_det = single.apply({'params': params}, zi[None], method='forward_and_log_det')
+      return y[0], log_det[0]
+    y, log_det = jax.vmap(one)(z, k)
+    log_scale = jnp.take(self.log_scale, k, axis=0)
+    return (jnp.exp(log_scale) * y + jnp.take(self.shift, k, axis=0),
+            log_det + jnp.sum(log_scale, -1))
 
   def __call__(self, zu, train: bool = True):
     del train

@@ -25,6 +25,7 @@ import dataclasses
 import math
 from typing import Sequence
 
+from bibound_jax import config_schema
 from bibound_jax.models import dcgan, resnet
 from bibound_jax.models import flow as flow_lib
 from bibound_jax.models.flow import FlowMixtureGenerator, SplineFlowGenerator
@@ -32,6 +33,17 @@ from bibound_jax.models.time_energy import TimeMLPEnergy
 from bibound_jax.models.toy import SCALE_PARAMS, MLPEnergy, MLPGenerator
 
 ENERGIES = ('mlp', 'dcgan', 'resnet')
+# The model sections: their keys are the networks' fields (set by each experiment's config);
+# declared here for checkpoints of older code.
+SECTIONS = (
+    config_schema.Section('model.energy', {}, removed={
+        # Studies of the toy energy's confinement and slopes (docs/studies/toy.md).
+        'model.energy.confine_times': ('all', 'e83a7b6'),
+        'model.energy.confine_power': (2.0, 'e83a7b6'),
+        'model.energy.prelu_bound': (0.0, 'e83a7b6')}),
+    config_schema.Section('model.generator', {}, moved={
+        'model.generator.bound': 'model.generator.spline_range'}),
+)
 GENERATORS = ('mlp', 'flow', 'flow_mixture', 'dcgan', 'resnet')
 # Fields set by the builder, not by the config.
 _BUILT = ('parent', 'name', 'data_shape', 'latent_dim')
@@ -84,10 +96,10 @@ def _hyperparameters(section, cls: type, allowed: set[str], which: str) -> dict:
   if unknown:
     raise ValueError(f'config.model.{which} has key(s) {", ".join(unknown)} that network '
                      f'{cls.__name__} does not take; its keys: {", ".join(sorted(allowed))}.')
-  if section.get('sn_mode', dcgan.SN_MODES[0]) not in dcgan.SN_MODES:
+  if 'sn_mode' in section and section['sn_mode'] not in dcgan.SN_MODES:
     raise ValueError(f"config.model.{which}.sn_mode = {section['sn_mode']!r}; valid: "
                      f'{", ".join(dcgan.SN_MODES)}.')
-  if section.get('scale_param', SCALE_PARAMS[0]) not in SCALE_PARAMS:
+  if 'scale_param' in section and section['scale_param'] not in SCALE_PARAMS:
     raise ValueError(f"config.model.{which}.scale_param = {section['scale_param']!r}; valid: "
                      f'{", ".join(SCALE_PARAMS)}.')
   fields = _fields(cls)
@@ -96,6 +108,13 @@ def _hyperparameters(section, cls: type, allowed: set[str], which: str) -> dict:
 
 def create_energy(section, data_shape: Sequence[int], time_conditioned: bool = False):
   """The energy module of `section` ({'name', ...}) for data of shape `data_shape`."""
+  cls, kwargs = resolve_energy(section, data_shape, time_conditioned)
+  return cls(**kwargs)
+
+
+def resolve_energy(section, data_shape: Sequence[int], time_conditioned: bool = False):
+  """(class, keyword arguments) of the energy of `section`: ValueError naming the key for a
+  name or hyperparameter that does not exist for this data (no module is built)."""
   data_shape = tuple(data_shape)
   plain, timed = _energy_classes(section['name'], data_shape)
   if time_conditioned and timed is None:
@@ -106,11 +125,17 @@ def create_energy(section, data_shape: Sequence[int], time_conditioned: bool = F
   kwargs = _hyperparameters(section, cls, allowed, 'energy')
   if 'data_shape' in {f.name for f in dataclasses.fields(cls)}:
     kwargs['data_shape'] = data_shape
-  return cls(**kwargs)
+  return cls, kwargs
 
 
 def create_generator(section, data_shape: Sequence[int]):
   """The generator module of `section` ({'name', 'latent_dim', ...})."""
+  cls, kwargs = resolve_generator(section, data_shape)
+  return cls(**kwargs)
+
+
+def resolve_generator(section, data_shape: Sequence[int]):
+  """(class, keyword arguments) of the generator of `section`, checked as `resolve_energy`."""
   data_shape = tuple(data_shape)
   cls = _generator_class(section['name'], data_shape)
   if 'latent_dim' not in section:
@@ -128,4 +153,4 @@ def create_generator(section, data_shape: Sequence[int]):
   if kwargs.get('entropy', 'exact') not in flow_lib.ENTROPIES:
     raise ValueError(f"config.model.generator.entropy = {kwargs['entropy']!r}; valid: "
                      f'{", ".join(flow_lib.ENTROPIES)}.')
-  return cls(latent_dim=int(section['latent_dim']), data_shape=data_shape, **kwargs)
+  return cls, dict(latent_dim=int(section['latent_dim']), data_shape=data_shape, **kwargs)

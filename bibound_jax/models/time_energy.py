@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bibound_jax.models.toy import prelu
+from bibound_jax.models.toy import PRELU_INIT
 from bibound_jax.models.toy import SNDense
 from bibound_jax.models.toy import confinement
 from bibound_jax.models.toy import output_scale
@@ -77,13 +77,6 @@ class TimeMLPEnergy(nn.Module):
   modulation is bounded, 1 + gamma in (0, 2) (gamma = tanh of a linear map), so
   ||grad_x E(., t)|| <= |scale| 2^L (times the PReLU slopes) at every t: the energy grows its
   slope through the scalar and the slopes, not by inflating every weight.
-
-  `confine_times`: 'all' adds the confinement at every t; 'zero' only at t = 0, to the EBM
-  E(., 0) whose exp(-E) must be normalisable. The diffused samples that DSM scores spread past
-  the data's radius (x_t = alpha_t x_0 + sigma_t eps), and there DSM asks grad_x E(., t) for
-  the noised density's score; with the confinement in E(., t) the shared x-path must cancel
-  its slope, and an f that falls outward can carry over to E(., 0) (docs/results.md, "The
-  2-D toys").
   """
   hidden: Sequence[int] = (100, 100)
   time_features: int = 64
@@ -93,15 +86,9 @@ class TimeMLPEnergy(nn.Module):
   scale_param: str = 'linear'     # toy.output_scale
   confine: float = 0.0            # toy.confinement
   confine_radius: float = 2.5
-  confine_power: float = 2.0
-  confine_times: str = 'all'      # 'all' or 'zero'
-  prelu_bound: float = 0.0        # > 0: |PReLU slope| <= prelu_bound (toy.prelu)
 
   @nn.compact
   def __call__(self, x, t=None):
-    if self.confine_times not in ('all', 'zero'):
-      raise ValueError(f'confine_times = {self.confine_times!r}; valid: all (the confinement '
-                       'at every t), zero (only at t = 0).')
     h = jnp.reshape(x, (x.shape[0], -1))
     times = _times(t, x)
     temb = TimeEmbedding(self.time_features, self.freq_dim, self.time_scale)(times)
@@ -111,9 +98,6 @@ class TimeMLPEnergy(nn.Module):
       if self.spectral_norm:
         gamma = jnp.tanh(gamma)
       h = dense(width)(h) * (1.0 + gamma) + beta
-      h = prelu(h, self.prelu_bound, f'PReLU_{i}')
-    confine = confinement(x, self.confine, self.confine_radius, self.confine_power)
-    if self.confine_times == 'zero':
-      confine = jnp.where(times == 0, confine, 0.0)
-    out = dense(1)(h)[:, 0] + confine
+      h = nn.PReLU(negative_slope_init=PRELU_INIT, name=f'PReLU_{i}')(h)
+    out = dense(1)(h)[:, 0] + confinement(x, self.confine, self.confine_radius)
     return output_scale(self, self.scale_param) * out

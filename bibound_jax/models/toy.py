@@ -60,7 +60,7 @@ def output_scale(module: nn.Module, parametrisation: str) -> jax.Array:
   one learning rate per step whatever its size, so c grows at most linearly: about
   1 + lr * steps. 'exp': c = exp(`log_scale`), which Adam moves by about a learning rate per
   step in log space: c can grow geometrically, as fast as the data's scale demands
-  (docs/results.md, "The 2-D toys": what limits how sharp the energy gets).
+  (docs/studies/toy.md, "What limits how sharp the energy gets").
   """
   if parametrisation == 'linear':
     return module.param('scale', nn.initializers.ones, ())
@@ -70,66 +70,39 @@ def output_scale(module: nn.Module, parametrisation: str) -> jax.Array:
                    f'{", ".join(SCALE_PARAMS)}.')
 
 
-def prelu(h: jax.Array, slope_bound: float, name: str) -> jax.Array:
-  """PReLU with a learnable negative slope a (init 0.25); with `slope_bound` m > 0 the slope
-  used is clip(a, -m, m), so a spectrally normalised network of L hidden layers stays
-  max(1, m)^L-Lipschitz (times its output scale) instead of growing its steepness through the
-  slopes. The parameter is the same either way (`<name>/negative_slope`)."""
-  if not slope_bound:
-    return nn.PReLU(negative_slope_init=PRELU_INIT, name=name)(h)
-  return _BoundedPReLU(slope_bound, name=name)(h)
-
-
-class _BoundedPReLU(nn.Module):
-  bound: float
-
-  @nn.compact
-  def __call__(self, h):
-    a = self.param('negative_slope', nn.initializers.constant(PRELU_INIT), (), jnp.float32)
-    a = jnp.clip(jnp.asarray(a, h.dtype), -self.bound, self.bound)
-    return jnp.where(h >= 0, h, a * h)
-
-
-def confinement(x: jax.Array, strength: float, radius: float,
-                power: float = 2.0) -> jax.Array:
-  """strength * relu(||x|| - radius)^power per sample (0 when strength is 0).
+def confinement(x: jax.Array, strength: float, radius: float) -> jax.Array:
+  """strength * relu(||x|| - radius)^2 per sample (0 when strength is 0).
 
   A piecewise-linear energy is linear far from the data, and where it descends outwards
   exp(-E) is not normalisable on R^n. Adding this term (0 inside the ball that holds the data,
   growing outside) makes exp(-E) normalisable for every f, and leaves E unchanged where the
-  data and the generator live. A quadratic (power 2) still lets an f that falls outwards at
-  slope s dig a band of depth s^2 / (4 strength) just outside the radius; a linear wall
-  (power 1) with strength above f's Lipschitz constant leaves none (docs/results.md, "The 2-D
-  toys").
+  data and the generator live. It still lets an f that falls outwards at slope s dig a band
+  of depth s^2 / (4 strength) just outside the radius (docs/studies/toy.md).
   """
   if not strength:
     return jnp.zeros(x.shape[:1], x.dtype)
   norm = jnp.sqrt(jnp.sum(jnp.reshape(x, (x.shape[0], -1)) ** 2, axis=-1) + 1e-12)
-  return strength * jax.nn.relu(norm - radius) ** power
+  return strength * jax.nn.relu(norm - radius) ** 2
 
 
 class MLPEnergy(nn.Module):
   """E(x) = c * (f(x) + confinement(x)): PReLU MLP f with a learnable scalar output scale c
   (init 1, `scale_param`: see `output_scale`); optionally spectrally normalised layers (then
-  c and the PReLU slopes set f's Lipschitz bound; `prelu_bound` caps the slopes, see `prelu`)
-  and a confining term outside radius `confine_radius` (`confine` > 0, `confine_power`; see
-  `confinement`)."""
+  c and the PReLU slopes set f's Lipschitz bound) and a confining term outside radius
+  `confine_radius` (`confine` > 0; see `confinement`)."""
   hidden: Sequence[int] = (100, 100)
   spectral_norm: bool = False
   scale_param: str = 'linear'
   confine: float = 0.0
   confine_radius: float = 2.5
-  confine_power: float = 2.0
-  prelu_bound: float = 0.0        # > 0: |PReLU slope| <= prelu_bound (see `prelu`)
 
   @nn.compact
   def __call__(self, x):
     dense = SNDense if self.spectral_norm else nn.Dense
     h = jnp.reshape(x, (x.shape[0], -1))
     for i, width in enumerate(self.hidden):
-      h = prelu(dense(width)(h), self.prelu_bound, f'PReLU_{i}')
-    out = dense(1)(h)[:, 0] + confinement(x, self.confine, self.confine_radius,
-                                          self.confine_power)
+      h = nn.PReLU(negative_slope_init=PRELU_INIT, name=f'PReLU_{i}')(dense(width)(h))
+    out = dense(1)(h)[:, 0] + confinement(x, self.confine, self.confine_radius)
     return output_scale(self, self.scale_param) * out
 
 
