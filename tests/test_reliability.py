@@ -11,15 +11,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import startup
 from bibound_jax import train
 from bibound_jax.data import toy as toy_data
 from experiments import checkpoints
+from experiments import divergence
 from experiments import history
 from experiments import run
 from test_run import REPO, _params, small_config
 
 FAST_EVAL = ['--config.eval.num_samples=500', '--config.eval.grid_spacing=0.05',
-             '--config.eval.gp_samples=100', '--config.train.batch_size=64',
+             '--config.eval.bound_samples=100', '--config.train.batch_size=64',
              '--config.train.steps_per_call=1']
 
 
@@ -47,13 +49,21 @@ def test_kill_minus_9_then_resume_is_bit_identical(tmp_path):
   proc.wait()
   steps = sorted(int(s) for s in os.listdir(tmp_path / 'a' / 'checkpoints') if s.isdigit())
   assert 100 <= steps[-1] < 300
+  launched = time.time()
   resumed = _start(tmp_path / 'a', *args)
   _, err = resumed.communicate(timeout=600)
+  ended = time.time()
   assert resumed.returncode == 0, err[-3000:]
   assert f'Resumed from' in err
   # The expected wall time of the rest, from the iterations measured after compilation.
   assert re.search(r'Measured \S+ s per iteration after compilation: the remaining \d+ '
                    r'iterations will take about [\d.]+ (min|h)', err), err[-2000:]
+  # benchmarks/startup.py finds its phases in the log of a real run, in order.
+  times = startup.phases(startup.log_lines(err, launched), launched, ended)
+  assert times['evaluations'] == 0.0, times
+  assert all(times[k] > 0 for k in ('start-up', 'first call (compile + run)', 'whole process'))
+  assert times['training (rest)'] >= 0.0
+  assert sum(v for k, v in times.items() if k != 'whole process') <= times['whole process']
   cfg = small_config(num_steps=300, checkpoint_every=50, log_every=50)
   straight = run.train_and_evaluate(cfg, str(tmp_path / 'b'))
   manager = checkpoints.open_manager(str(tmp_path / 'a'), read_only=True)
@@ -71,6 +81,7 @@ def test_sigterm_saves_the_current_step_and_exits_zero(tmp_path):
   assert proc.returncode == 0, err[-3000:]
   match = re.search(r'SIGTERM received: saved checkpoint \S+ at iteration (\d+)', err)
   assert match, err[-3000:]
+  assert f'Stopped at iteration {match.group(1)} of 1000000' in err
   steps = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit())
   assert steps == [int(match.group(1))] and steps[0] >= 50
 
@@ -144,16 +155,25 @@ def test_non_finite_state_is_never_checkpointed(tmp_path):
 
 def test_divergence_detector(monkeypatch):
   cfg = small_config()
-  assert run.DivergenceMonitor(cfg)({'energy_fake': 80.0, 'energy_real': 10.0}, 5)
-  assert run.DivergenceMonitor(cfg)({'energy_fake': 2e3, 'energy_real': 2e3}, 5)
-  assert not run.DivergenceMonitor(cfg)({'energy_fake': 3.0, 'energy_real': 1.0}, 5)
+  assert divergence.DivergenceMonitor(cfg)({'energy_fake': 80.0, 'energy_real': 10.0}, 5)
+  assert divergence.DivergenceMonitor(cfg)({'energy_fake': 2e3, 'energy_real': 2e3}, 5)
+  assert not divergence.DivergenceMonitor(cfg)({'energy_fake': 3.0, 'energy_real': 1.0}, 5)
   # In the loop it warns once per doubling of the excess, not at every log step.
   logged = []
-  monkeypatch.setattr(run.logging, 'warning', lambda *a: logged.append(a))
-  monitor = run.DivergenceMonitor(cfg)
+  monkeypatch.setattr(divergence.logging, 'warning', lambda *a: logged.append(a))
+  monitor = divergence.DivergenceMonitor(cfg)
   for gap in (60.0, 70.0, 90.0, 130.0, 210.0):
     assert monitor({'energy_fake': gap, 'energy_real': 0.0}, 5)
   assert len(logged) == 2  # at 60 (first) and at 130 (> 2 x 60)
+  # Each seed of a run of several has its own doublings and is named.
+  logged.clear()
+  monitor = divergence.DivergenceMonitor(cfg)
+  calm, wild = {'energy_fake': 1.0, 'energy_real': 0.0}, {'energy_fake': 80.0, 'energy_real': 0.0}
+  assert monitor.check(5, [calm, wild], [3, 4]) == [4]
+  assert monitor.check(10, [wild, wild], [3, 4]) == [3, 4]
+  assert [a[2] for a in logged] == [' (seed 4)', ' (seed 3)']
+  assert divergence.DivergenceMonitor(cfg).check(5, [wild], [0]) == [0]
+  assert logged[-1][2] == ''   # one seed: not named
 
 
 def test_workdir_of_an_incompatible_config_names_the_keys(tmp_path):
@@ -180,31 +200,27 @@ def test_a_longer_run_is_refused_where_a_schedule_spans_the_run(tmp_path):
   with pytest.raises(run.CheckpointError, match=r"train.num_steps: 10 in the checkpoint, 20 now"
                      r"(.|\n)*cosine(.|\n)*--config.train.num_steps=10(.|\n)*init_from"):
     run.train_and_evaluate(longer, str(tmp_path))
-  assert checkpoints.schedule_differences(
-      {'train': {'num_steps': 10}, 'optim': {'lr_schedule': 'constant'}},
-      {'train': {'num_steps': 20}, 'optim': {'lr_schedule': 'constant'},
-       'bounds': {'gp': {'decay_horizon': 5}}})[0].startswith('train.num_steps: 10')
-  assert checkpoints.schedule_differences(
-      {'train': {'num_steps': 10}}, {'train': {'num_steps': 20},
-                                     'optim': {'lr_schedule': 'constant'}}) == []
+  # A constant learning rate spans nothing: the longer run resumes.
+  longer.optim.lr_schedule = 'constant'
+  assert checkpoints.schedule_differences({'train': {'num_steps': 10}}, longer) == []
   # The same length resumes (the run is complete: nothing to train).
   assert train.iteration(run.train_and_evaluate(cfg, str(tmp_path))) == 10
 
 
 def test_a_key_added_since_the_checkpoint_matches_only_its_old_behaviour():
+  # bounds.diff.energy_l2 was added later: 0.0 is the old behaviour (the bound's ADDED).
   saved = {'bounds': {'diff': {'weight': 1.0}}, 'model': {'energy': {'confine': 10.0}}}
   now = {'bounds': {'diff': {'weight': 1.0, 'energy_l2': 0.0}},
-         'model': {'energy': {'confine': 10.0, 'confine_times': 'all'}}}
+         'model': {'energy': {'confine': 10.0}}}
   assert checkpoints.config_differences(saved, now) == []
-  now['model']['energy']['confine_times'] = 'zero'
   now['bounds']['diff']['energy_l2'] = 0.1
   assert checkpoints.config_differences(saved, now) == [
-      "bounds.diff.energy_l2: '<missing>' in the checkpoint, 0.1 now",
-      "model.energy.confine_times: '<missing>' in the checkpoint, 'zero' now"]
+      "bounds.diff.energy_l2: '<missing>' in the checkpoint, 0.1 now"]
   # Any other new key is a difference.
   now = {'bounds': {'diff': {'weight': 1.0, 'depth': 0}}, 'model': {'energy': {'confine': 10.0}}}
   assert checkpoints.config_differences(saved, now) == [
       "bounds.diff.depth: '<missing>' in the checkpoint, 0 now"]
+  # (tests/test_config_lib.py: moved and removed keys, and a whole old config.)
 
 
 def test_corrupt_checkpoint_names_the_file_and_the_previous_one(tmp_path):

@@ -1,8 +1,10 @@
 """The run loop: config validation, checkpoint save/restore, resume, evaluation artefacts."""
 import json
+import logging
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 from scipy import special
 from absl import app
 
-from benchmarks import toy_checkpoint
+from benchmarks import startup
 from bibound_jax import train
 from bibound_jax import assemble
 from bibound_jax import config_lib
@@ -18,6 +20,7 @@ from configs import common
 from configs import toy
 from experiments import checkpoints
 from experiments import run
+from experiments.studies import toy_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,7 +37,7 @@ def small_config(**train):
   cfg.train.update(train)
   cfg.eval.num_samples = 500
   cfg.eval.grid_spacing = 0.05
-  cfg.eval.gp_samples = 100
+  cfg.eval.bound_samples = 100
   return cfg
 
 
@@ -93,15 +96,17 @@ def test_objectives_that_stop_being_bounds_are_named():
 @pytest.mark.parametrize('key,value,match', [
     ('data.name', 'checkerboard', r'config.data.name.*25gaussians, swiss_roll, two_moons'),
     ('bounds.upper', 'gradient', r'config.bounds.upper.*gp, diff, none, r1, wgan_gp'),
-    ('bounds.sv.estimator', 'power', r'config.bounds.sv.estimator.*lobpcg'),
+    ('bounds.jacobian.estimator', 'power', r'config.bounds.jacobian.estimator.*lobpcg'),
     ('train.batch_size', -4, r'config.train.batch_size = -4.*> 0'),
     ('bounds.gp.margin', -1.0, r'config.bounds.gp.margin.*>= 0'),
     ('train.eval_every', -5, r'config.train.eval_every = -5.*>= 0'),
-    ('bounds.sv.num_latents', 7, r'config.bounds.sv.num_latents = 7 must be 0 .* divisor'),
+    ('bounds.jacobian.num_latents', 7,
+     r'config.bounds.jacobian.num_latents = 7 must be 0 .* divisor'),
     ('model.energy.depth', 3,
-     r'config.model.energy has key\(s\) depth .* its keys: confine, confine_power, '
-     r'confine_radius, confine_times, freq_dim, hidden, prelu_bound'),
-    ('model.generator.name', 'vit', r'config.model.generator.name .* mlp, flow, dcgan, resnet'),
+     r'config.model.energy has key\(s\) depth .* its keys: confine, confine_radius, '
+     r'freq_dim, hidden, scale_param'),
+    ('model.generator.name', 'vit',
+     r'config.model.generator.name .* mlp, flow, flow_mixture, dcgan, resnet'),
 ])
 def test_bad_config_values_are_rejected_with_the_key(key, value, match):
   cfg = toy.get_config('authors')
@@ -118,17 +123,16 @@ def test_toy_config_argument_presets():
   cfg = toy.get_config('swiss_roll,r1')
   assert cfg.data.name == 'swiss_roll' and (cfg.bounds.lower, cfg.bounds.upper) == ('sv', 'r1')
   # The flow's splines and the energy's confinement follow the data set's extent.
-  assert cfg.model.generator.bound == 4.0 and cfg.model.energy.confine_radius == 4.0
-  assert toy.get_config().model.generator.bound == 3.0
+  assert cfg.model.generator.spline_range == 4.0 and cfg.model.energy.confine_radius == 4.0
+  assert toy.get_config().model.generator.spline_range == 3.0
   assert toy.get_config('wgan_gp').bounds.lower == 'none'
   with pytest.raises(ValueError, match='bound presets: sv\\+gp, mi\\+diff, none, r1, wgan_gp'):
     toy.get_config('sv+diffusion')
-  # Every bound's config section holds that bound's own defaults.
+  # Every bound with settings has its section, from that bound's own declaration.
   from bibound_jax import bounds
-  base = common.base_config()
-  assert set(bounds.sections()) == {'sv', 'mi', 'gp', 'diff', 'r1', 'wgan_gp'}
-  for name, defaults in bounds.sections().items():
-    assert base.bounds[name].to_dict() == defaults
+  assert {s.path for s in bounds.sections()} == {
+      'bounds', 'bounds.jacobian', 'bounds.sv', 'bounds.mi', 'bounds.gp', 'bounds.diff',
+      'bounds.r1', 'bounds.wgan_gp'}
 
 
 def _params(state):
@@ -148,16 +152,22 @@ def test_chunk_length_never_skips_an_event():
   assert run.chunk_length(0, cfg) == 1
 
 
-def test_nonfinite_inside_a_chunk_names_its_iteration(tmp_path):
-  # One seed: metrics (seeds,) for one iteration, (seeds, n) for a chunk of n.
-  nan_at_12 = {'energy_real': np.array([[0.1, np.nan, 0.3]], np.float32),
-               'nonfinite': np.zeros((1, 3), np.float32)}
-  buffer = [(1, {'energy_real': np.zeros(1, np.float32), 'nonfinite': np.zeros(1, np.float32)}),
-            (3, nan_at_12)]
-  manager = checkpoints.open_manager(str(tmp_path))
-  with pytest.raises(run.NonFiniteError, match='iteration 12: energy_real'):
-    run.check_finite(buffer, 10, manager, [0])
-  manager.close()
+def test_events_fall_on_their_multiples_the_last_iteration_and_a_stop():
+  cfg = small_config(num_steps=20, log_every=5, eval_every=4, checkpoint_every=10)
+  assert run.events(5, cfg, evaluating=True, stopping=False) == (True, False, False)
+  assert run.events(8, cfg, evaluating=True, stopping=False) == (False, True, False)
+  assert run.events(10, cfg, evaluating=True, stopping=False) == (True, False, True)
+  assert run.events(20, cfg, evaluating=True, stopping=False) == (True, True, True)
+  assert run.events(19, cfg, evaluating=False, stopping=False) == (False, False, False)
+  assert run.events(19, cfg, evaluating=False, stopping=True) == (False, False, True)
+  assert run.events(20, cfg, evaluating=False, stopping=False) == (True, False, True)
+  # Every event chunk_length avoids skipping is one of these.
+  cfg.train.steps_per_call = 3
+  step = 0
+  while step < 20:
+    n = run.chunk_length(step, cfg)
+    assert not any(any(run.events(s, cfg, True, False)) for s in range(step + 1, step + n))
+    step += n
 
 
 def test_steps_per_call_gives_the_run_of_single_steps(tmp_path, monkeypatch):
@@ -259,8 +269,9 @@ def test_the_flow_never_folds_and_keeps_the_lower_bound_the_mlp_folds(tmp_path, 
   cfg = toy.get_config(variant)
   cfg.train.update(batch_size=64, num_steps=200, eval_every=200, checkpoint_every=200,
                    steps_per_call=1)   # one program: a chunk of 10 is a second compilation
-  cfg.eval.update(num_samples=2000, gp_samples=500, grid_spacing=0.05)
+  cfg.eval.update(num_samples=2000, bound_samples=500, grid_spacing=0.05)
   cfg.sample.during_training = not variant   # the energy as a model too (the flow's run)
+  cfg.sample.ais_temps = 200
   run.train_and_evaluate(cfg, str(tmp_path))
   with open(tmp_path / 'eval' / 'metrics_200.json') as f:
     m = json.load(f)
@@ -279,11 +290,19 @@ def test_the_flow_never_folds_and_keeps_the_lower_bound_the_mlp_folds(tmp_path, 
 
 
 @pytest.mark.parametrize('preset', ['sv+gp', 'mi+diff'])
-def test_evaluation_writes_figures_json_and_arrays(tmp_path, preset):
+def test_evaluation_writes_figures_json_and_arrays(tmp_path, preset, caplog):
   cfg = small_config(num_steps=10, eval_every=1000)   # evaluated at the end only
   assert common.apply_preset(cfg, preset)
   cfg.eval.grid_spacing = 0.01
+  caplog.set_level(logging.INFO, logger='absl')
+  launched = time.time()
   run.train_and_evaluate(cfg, str(tmp_path))
+  # The log lines benchmarks/startup.py times: the evaluation is the one measured.
+  lines = [(r.created, r.getMessage()) for r in caplog.records]
+  times = startup.phases(lines, launched, time.time())
+  evaluation = [m for _, m in lines if m.startswith('Evaluation at iteration 10 took')]
+  assert len(evaluation) == 1 and times['evaluations'] > 0.0, times
+  assert min(times.values()) >= 0.0, times
   out = tmp_path / 'eval'
   for name in ('samples.png', 'samples_10.png', 'bounds.png', 'sandwich.png', 'history.json',
                'metrics_10.json', 'toy_eval.npz'):
@@ -300,8 +319,10 @@ def test_evaluation_writes_figures_json_and_arrays(tmp_path, preset):
   assert m['lower_bound'] <= m['nll'] + 1e-3
   assert 0 <= m['modes_covered'] <= 25 and 0.0 <= m['hq_fraction'] <= 1.0
   assert m['mode_depth_spread'] >= 0.0 and np.isfinite(m['well_rise_1std'])
-  # L_up's verdict exists only where w GP is the bound trained (mi+diff's is the diffusion's).
-  assert ('upper_bound_fails' in m) == (preset == 'sv+gp')
+  # L_up is the run's own upper term (GP or DSM with its energy penalty), checked in 2-D for
+  # both (tests/test_bounds.py: the baselines are not checked).
+  assert 'upper_bound_fails' in m and ('gp' if preset == 'sv+gp' else 'dsm') in m
+  assert m['upper_bound'] == pytest.approx(m['lower_bound'] + m['upper_term'])
   # The model mass outside the plotting box (log Z's wider, coarser grid) is what the fine grid
   # inside the box misses: 1 - z_outside_mass = A sum over the box of exp(-E) / Z.
   inside = np.exp(special.logsumexp(-arrays['energy'][0].astype(np.float64))
@@ -331,49 +352,36 @@ def test_tensorboard_files_are_written_without_tensorflow_and_read_back(tmp_path
   assert texts and '| seed | 3 |' in texts[0]
 
 
-def test_benchmark_overrides_read_the_type_the_key_holds():
-  from benchmarks import networks
-  cfg = toy.get_config()
-  networks.apply_overrides(cfg, ['bounds.diff.importance_sampling=False', 'bounds.gp.weight=0.7',
-                                 'train.num_steps=60000', 'model.energy.hidden=(32, 32)',
-                                 'bounds.sv.share_vectors=FALSE'])
-  assert cfg.bounds.diff.importance_sampling is False and cfg.bounds.gp.weight == 0.7
-  assert cfg.train.num_steps == 60000 and tuple(cfg.model.energy.hidden) == (32, 32)
-  assert cfg.bounds.sv.share_vectors is False
-  for item, message in (('bounds.diff.importance_sampling=yes', 'is of type bool'),
-                        ('train.num_steps=2.5', 'is of type int'),
-                        ('bounds.gp.wieght=1', "no key 'bounds.gp.wieght'"),
-                        ('bounds.gp.weight', 'write KEY=VALUE')):
-    with pytest.raises(ValueError, match=message):
-      networks.apply_overrides(cfg, [item])
-
-
-def test_toy_bound_failures_name_the_seeds_and_check_l_up_only_for_the_gp():
+def test_toy_bound_failures_name_the_seeds_of_each_checked_side():
   from experiments import toy_eval
   record = {'lower_bound_fails/seed_3': 0.0, 'lower_bound_fails/seed_4': 1.0,
-            'upper_bound_fails/seed_3': 1.0, 'upper_bound_fails/seed_4': 1.0}
-  assert toy_eval.bound_failures(record, [3, 4], 'gp') == [
+            'upper_bound_fails/seed_3': 1.0, 'upper_bound_fails/seed_4': 1.0,
+            'lower_bound_fails': 0.5, 'upper_bound_fails': 1.0}
+  assert toy_eval.bound_failures(record, [3, 4]) == [
       ('L_lo > NLL (the entropy term over-counts)', [4]),
       ('L_up < NLL (the upper term is below the KL)', [3, 4])]
-  # The evaluation's w GP is not the diffusion bound: no L_up verdict for it.
-  assert toy_eval.bound_failures(record, [3, 4], 'diff') == [
+  # An upper bound that bounds nothing (r1, wgan_gp) has no flag: no L_up verdict.
+  del record['upper_bound_fails']
+  assert toy_eval.bound_failures(record, [3, 4]) == [
       ('L_lo > NLL (the entropy term over-counts)', [4])]
   assert toy_eval.bound_failures({'lower_bound_fails': 0.0, 'upper_bound_fails': 0.0},
-                                 [0], 'gp') == []
+                                 [0]) == []
 
 
 def test_each_sandwich_failure_is_listed_with_its_margin():
   from experiments import toy_eval
-  record = {'step': 10000,
-            'nll/seed_3': 0.9, 'lower_bound/seed_3': 0.4, 'upper_term_gp/seed_3': 0.3,
+  record = {'step': 10000, 'upper_bound_fails': 0.5,
+            'nll/seed_3': 0.9, 'lower_bound/seed_3': 0.4, 'upper_term/seed_3': 0.3,
             'lower_bound_fails/seed_3': 0.0, 'upper_bound_fails/seed_3': 1.0,
-            'nll/seed_4': 0.5, 'lower_bound/seed_4': 0.6, 'upper_term_gp/seed_4': 1.0,
+            'nll/seed_4': 0.5, 'lower_bound/seed_4': 0.6, 'upper_term/seed_4': 1.0,
             'lower_bound_fails/seed_4': 1.0, 'upper_bound_fails/seed_4': 0.0}
-  assert toy_eval.sandwich_failures(record, [3, 4], 'gp') == [
-      (3, 'iteration 10000, seed 3: w GP 0.300 < KL(p_g || p_theta) 0.500 (by 0.200 nats)'),
+  assert toy_eval.sandwich_failures(record, [3, 4]) == [
+      (3, 'iteration 10000, seed 3: upper term 0.300 < KL(p_g || p_theta) 0.500 (by 0.200 '
+          'nats)'),
       (4, 'iteration 10000, seed 4: L_lo 0.600 > NLL 0.500 (by 0.100 nats)')]
-  # Another upper bound: only L_lo is checked (the evaluation's w GP is not its bound).
-  assert toy_eval.sandwich_failures(record, [3, 4], 'diff') == [
+  # Where L_up is not checked (r1, wgan_gp), only L_lo is listed.
+  del record['upper_bound_fails']
+  assert toy_eval.sandwich_failures(record, [3, 4]) == [
       (4, 'iteration 10000, seed 4: L_lo 0.600 > NLL 0.500 (by 0.100 nats)')]
 
 
