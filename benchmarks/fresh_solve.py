@@ -19,7 +19,7 @@ from absl import app
 from absl import flags
 
 flags.DEFINE_string('root', '', 'Repository checkout to time (default: this one).')
-flags.DEFINE_integer('latent_chunk', 8, 'bounds.sv.latent_chunk (0: all latents at once).')
+flags.DEFINE_integer('latent_chunk', 8, 'bounds.jacobian.latent_chunk (0: all latents at once).')
 FLAGS = flags.FLAGS
 
 
@@ -39,8 +39,12 @@ def main(argv):
     cfg.train.batch_size = 32
     if new:
       from bibound_jax import assemble   # pylint: disable=import-outside-toplevel
-      cfg.bounds.sv.update(estimator='lobpcg', num_iters=10, block_size=4, num_latents=0,
-                           latent_chunk=FLAGS.latent_chunk)
+      # The Jacobian settings: config.bounds.jacobian, or config.bounds.sv before they moved.
+      section = cfg.bounds.jacobian if 'jacobian' in cfg.bounds else cfg.bounds.sv
+      for key, value in dict(estimator='lobpcg', num_iters=10, block_size=4, num_latents=0,
+                             latent_chunk=FLAGS.latent_chunk).items():
+        assert key in section, key
+        section[key] = value
       _, state, rng = assemble.initial_state(cfg)
       batch = jax.random.uniform(jax.random.key(1), (1, 1, 32, 28, 28, 3), minval=-1, maxval=1)
     else:   # the layout before the bounds became components (ac432f9)

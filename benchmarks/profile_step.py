@@ -37,7 +37,7 @@ def main(argv):
   del argv
   n = FLAGS.num_seeds
   cfg = get_config('toy', 'sv+gp')
-  cfg.bounds.sv.estimator = 'exact_smin'
+  cfg.bounds.jacobian.estimator = 'exact_smin'
   cfg.train.num_seeds = n
   _, state, rng = assemble.initial_state(cfg)
   batch = jax.random.uniform(jax.random.key(1), (n, 1, cfg.train.batch_size, *cfg.data.shape),

@@ -51,8 +51,8 @@ flags.DEFINE_integer('repeats', 5, 'Timed repeats per estimator (median reported
 flags.DEFINE_list('iters', ['2', '5', '10', '20'], 'Iteration counts of the iterative estimators.')
 flags.DEFINE_list('blocks', ['1', '4'], 'LOBPCG block sizes.')
 flags.DEFINE_bool('at_init', True, 'Also probe the randomly initialised generator.')
-flags.DEFINE_integer('train_num_latents', -1, 'bounds.sv.num_latents while training the probed '
-                     'generator (-1: the config\'s). A few latents make the d = 128 DCGAN '
+flags.DEFINE_integer('train_num_latents', -1, 'bounds.jacobian.num_latents while training the '
+                     'probed generator (-1: the config\'s). A few latents make the d = 128 DCGAN '
                      'trainable on CPU; the probe itself always uses --batch latents.')
 FLAGS = flags.FLAGS
 
@@ -90,7 +90,7 @@ def generators(network: str):
     batch_at, source = _data_fn(network, cfg)
     train_cfg = cfg.copy_and_resolve_references()
     if FLAGS.train_num_latents >= 0:
-      train_cfg.bounds.sv.num_latents = FLAGS.train_num_latents
+      train_cfg.bounds.jacobian.num_latents = FLAGS.train_num_latents
     step = train.make_train_step(train_cfg)
     for i in range(FLAGS.train_steps):
       state, _ = step(state, batch_at(i), rng)
@@ -104,7 +104,7 @@ def frontier(label, cfg, gen) -> None:
   d = cfg.model.generator.latent_dim
   z_batch = jax.random.normal(jax.random.key(1), (cfg.train.batch_size, d))
   variables = jax.jit(lambda g, zz: generator_lib.Generator(g).jacobian_variables(
-      g.params, zz, cfg.bounds.sv.jacobian_bn))(gen, z_batch)
+      g.params, zz, cfg.bounds.jacobian.batch_norm))(gen, z_batch)
   fn = generator_lib.Generator(gen).per_sample()
   z = z_batch[:FLAGS.batch]
 

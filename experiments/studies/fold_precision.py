@@ -1,7 +1,8 @@
-"""Are a 2-D toy checkpoint's folded latents real, or float32 rounding? det J in both precisions.
+"""Are a 2-D toy checkpoint's folded latents real, or float32 rounding? det J in both precisions:
+the float32 and float64 shares of docs/studies/toy_baselines.md.
 
-    python -m benchmarks.fold_precision --workdir=workdirs/bench_toy/25gaussians/wgan_gp \
-        --preset=wgan_gp
+    python -m experiments.studies.fold_precision \
+        --workdir=workdirs/bench_toy/25gaussians/wgan_gp --preset=wgan_gp
 
 Restores the latest checkpoint of a toy run (`configs/toy.py:<preset>`, all its seeds),
 and for 10,000 latents z ~ N(0, I) prints, per seed, the share with det J_G(z) < 0 computed in
@@ -16,7 +17,7 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from benchmarks import toy_checkpoint
+from experiments.studies import toy_checkpoint
 
 toy_checkpoint.define_flags()
 FLAGS = flags.FLAGS

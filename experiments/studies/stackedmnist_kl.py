@@ -1,7 +1,10 @@
 """Where a StackedMNIST KL(modes || uniform) comes from: per-channel digit skew vs dependence.
+Its tables are those of docs/studies/stackedmnist_sv_gp_kl.md (the decomposition, the
+classifier's confidence) and docs/studies/stackedmnist_mi_diff.md (the pixel statistics).
 
-    python -m benchmarks.stackedmnist_kl WORKDIR/eval/samples_20000.npz [MORE.npz | MODES.npy ...]
-    python -m benchmarks.stackedmnist_kl --classifier=CLASSIFIER.msgpack FILE.npz ...
+    python -m experiments.studies.stackedmnist_kl WORKDIR/eval/samples_20000.npz \
+        [MORE.npz | MODES.npy ...]
+    python -m experiments.studies.stackedmnist_kl --classifier=CLASSIFIER.msgpack FILE.npz ...
 
 Reads the predicted digits an evaluation saved (`eval/samples_<step>.npz`, key `digits`, one
 row per seed) or an int array of modes (.npy), and prints per seed the plug-in KL, its split
@@ -16,8 +19,6 @@ gives each npz row's pixel statistics (`modes.pixel_statistics`: neighbour-pixel
 saturated share) beside those of real stacked digits: are the samples digits or pixel noise
 that the classifier still files under some label?
 """
-import sys
-
 import numpy as np
 from absl import app
 from absl import flags

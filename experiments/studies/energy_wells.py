@@ -1,7 +1,9 @@
-"""How deep and how steep a 25-Gaussians toy energy's wells are, against the data's own.
+"""How deep and how steep a 25-Gaussians toy energy's wells are, against the data's own: the wells
+table of docs/studies/toy_mi_diff.md ("What runs away is the relative depth of the modes") and
+its readings of where exp(-E)/Z leaks.
 
-    python -m benchmarks.energy_wells --workdir=workdirs/bench_toy/25gaussians/mi_diff \
-        --preset=mi+diff
+    python -m experiments.studies.energy_wells \
+        --workdir=workdirs/bench_toy/25gaussians/mi_diff --preset=mi+diff
 
 Restores the latest checkpoint of a toy run (`configs/toy.py:<preset>`, all its seeds)
 and prints, per seed and as mean +- std, `bibound_jax.metrics.toy.mode_wells` of E(x)
@@ -28,7 +30,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from benchmarks import toy_checkpoint
+from experiments.studies import toy_checkpoint
 
 toy_checkpoint.define_flags()
 FLAGS = flags.FLAGS

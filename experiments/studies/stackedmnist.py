@@ -1,20 +1,33 @@
-"""StackedMNIST mode coverage over iterations and wall time, over seeds: the docs/results.md table.
+"""StackedMNIST mode coverage over iterations and wall time, over seeds: the StackedMNIST table
+of docs/results.md and the tables of docs/studies/stackedmnist.md, stackedmnist_sv_gp_kl.md
+and stackedmnist_mi_diff.md.
 
-    python -m benchmarks.stackedmnist --presets=sv+gp,wgan_gp --steps=20000 --num_seeds=2
-    python -m benchmarks.stackedmnist --report_only          # the table and figure of the runs
-    python -m benchmarks.stackedmnist --report_only --runs=sv+gp=DIR_A+DIR_B,wgan_gp=DIR_C
+    python -m experiments.studies.stackedmnist --config=configs/stackedmnist.py:cpu \
+        --config.train.num_steps=20000 --config.train.eval_every=2000 \
+        --config.train.checkpoint_every=2000 --config.eval.num_samples=26000 \
+        --presets=sv+gp,wgan_gp
+    python -m experiments.studies.stackedmnist --report_only   # the table and figure of the runs
+    python -m experiments.studies.stackedmnist --report_only --runs=sv+gp=DIR_A+DIR_B,wgan_gp=DIR_C
         # the same for runs made elsewhere (one or several seeds each; a preset's seeds are
         # the union of its directories' seeds, matched by evaluation step)
 
-Each preset trains `configs/stackedmnist.py:<variant>,<preset>` (variant `cpu` by default, plus
---set overrides) for `--num_seeds` seeds in one run (train.num_seeds) in `workdir/<preset>`,
-evaluating every `--eval_every` iterations on `--num_samples` generated samples (26,000 as in
-the paper); rerunning resumes an interrupted run. Presets can run as separate processes (one
-per CPU core): every process prints the table of all presets found in the workdir. The table
-gives, per preset and evaluation, the modes hit (of 1,000) and KL(modes || uniform) as mean +-
-std over the seeds, the largest mode's share and the wall time (training and evaluations,
-across resumptions); `modes.png` draws modes and KL against iteration and against wall time,
-all presets on the same axes (mean over seeds, each seed thin).
+`--config` is the base configuration as `python -m experiments.main` takes it (a file and its
+argument, then `--config.KEY=VALUE` overrides); it is needed to train, not to report. Each
+preset of `--presets` is applied on top of it (configs/common.py, `apply_preset`), then the
+study's changes, 2 seeds (`train.num_seeds = 2`) and one mode-counting classifier for every
+preset (`eval.classifier_path = <workdir>/mnist_classifier.msgpack`: the same labels for every
+count), then the overrides again, so that a key the command line names keeps its value in every
+preset's run (experiments/cli.py). Iterations, evaluations and the samples per
+evaluation are the config's: the first command above is the protocol of docs/results.md (20,000
+iterations, an evaluation of 26,000 samples, as in the paper, every 2,000).
+
+Each preset trains all its seeds in one run in `workdir/<preset>`; rerunning resumes an
+interrupted run. Presets can run as separate processes (one per CPU core): every process prints
+the table of all presets found in the workdir. The table gives, per preset and evaluation, the
+modes hit (of 1,000) and KL(modes || uniform) as mean +- std over the seeds, the largest mode's
+share and the wall time (training and evaluations, across resumptions); `modes.png` draws modes
+and KL against iteration and against wall time, all presets on the same axes (mean over seeds,
+each seed thin).
 """
 from __future__ import annotations
 
@@ -24,18 +37,16 @@ import numpy as np
 from absl import app
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 
-from benchmarks import networks
+from experiments import cli
 
+config_flags.DEFINE_config_file('config', None, 'The base configuration, '
+                                'configs/stackedmnist.py[:ARG] (then --config.KEY=VALUE '
+                                'overrides); each preset is applied on top of it. Needed to '
+                                'train.', lock_config=True)
 flags.DEFINE_string('workdir', 'workdirs/bench_stackedmnist', 'Runs go to <workdir>/<preset>.')
 flags.DEFINE_list('presets', ['sv+gp', 'wgan_gp', 'r1', 'mi+diff', 'none'], 'Bound presets.')
-flags.DEFINE_string('variant', 'cpu', 'configs/stackedmnist.py argument besides the preset.')
-flags.DEFINE_integer('steps', 20_000, 'Training iterations per preset.')
-flags.DEFINE_integer('num_seeds', 2, 'Seeds per preset (config.seed + k), trained together.')
-flags.DEFINE_integer('seed', 0, 'The first seed.')
-flags.DEFINE_integer('eval_every', 2_000, 'Iterations between evaluations.')
-flags.DEFINE_integer('num_samples', 26_000, 'Generated samples per evaluation.')
-flags.DEFINE_multi_string('set', [], 'KEY=VALUE config overrides for every preset (repeatable).')
 flags.DEFINE_bool('report_only', False, 'Only print the table and draw the figure.')
 flags.DEFINE_list('runs', [], 'PRESET=DIR[+DIR...] per preset: report these workdirs (their '
                   'seeds pooled) instead of <workdir>/<preset>.')
@@ -43,17 +54,10 @@ FLAGS = flags.FLAGS
 
 
 def config_for(preset: str):
-  from configs import stackedmnist
-  cfg = stackedmnist.get_config(','.join(a for a in (FLAGS.variant, preset) if a))
-  cfg.seed = FLAGS.seed
-  cfg.train.num_seeds = FLAGS.num_seeds
-  cfg.train.num_steps = FLAGS.steps
-  cfg.train.eval_every = cfg.train.checkpoint_every = FLAGS.eval_every
-  cfg.eval.num_samples = FLAGS.num_samples
-  # One classifier for every preset: the same labels for every count.
-  cfg.eval.classifier_path = os.path.join(FLAGS.workdir, 'mnist_classifier.msgpack')
-  networks.apply_overrides(cfg, FLAGS.set)
-  return cfg
+  study = {'train.num_seeds': 2,
+           'eval.classifier_path': os.path.join(FLAGS.workdir, 'mnist_classifier.msgpack')}
+  return cli.derive(FLAGS.config, config_flags.get_override_values(FLAGS['config']),
+                          preset, study)
 
 
 def run_preset(preset: str, workdir: str) -> None:
@@ -74,8 +78,10 @@ def _stat(record: dict, key: str) -> tuple[float, float, list[float]]:
 
 
 def print_table(histories: dict) -> None:
-  print(f'\nStackedMNIST {FLAGS.variant or "paper"} variant, {FLAGS.num_samples} samples per '
-        f'evaluation: mean +- std over seeds\n')
+  given = '' if FLAGS.config is None else ', ' + cli.describe(
+      config_flags.get_config_filename(FLAGS['config']),
+      config_flags.get_override_values(FLAGS['config']))
+  print(f'\nStackedMNIST{given}: mean +- std over seeds\n')
   print('| preset | seeds | iteration | wall (min) | modes (of 1000) | KL(modes \\|\\| U) | '
         'largest mode | E(fake) - E(real) |')
   print('| --- | --- | --- | --- | --- | --- | --- | --- |')
@@ -131,6 +137,9 @@ def main(argv):
   from experiments import history
   logging.set_verbosity(logging.WARNING)
   if not FLAGS.report_only:
+    if FLAGS.config is None:
+      raise app.UsageError('Training needs --config=configs/stackedmnist.py[:ARG] (e.g. :cpu); '
+                           '--report_only does not.')
     for preset in FLAGS.presets:
       run_preset(preset, os.path.join(FLAGS.workdir, preset.replace('+', '_')))
   histories = {}
@@ -151,4 +160,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,4 +1,5 @@
-"""Restore a checkpoint (the latest by default) of a toy run, for benchmarks that read its networks.
+"""Restore a checkpoint (the latest by default) of a toy run, for the studies that read its networks
+(energy_wells and fold_precision: docs/studies/toy_mi_diff.md and toy_baselines.md).
 
 The checkpoint's own config says how many seeds the run trained and which networks: the
 networks (config.model, confinement and output scale included) and the optimiser settings are
@@ -40,7 +41,8 @@ def restore(workdir: str, preset: str, num_seeds: int | None = None, step: int |
     cfg = toy.get_config(preset)
     _set_networks(cfg, saved)
     cfg.train.num_seeds = saved['train']['num_seeds'] if num_seeds is None else num_seeds
-    diffs = [d for d in checkpoints.config_differences(saved, cfg.to_dict(), allowed=())
+    diffs = [d for d in checkpoints.config_differences(saved, cfg.to_dict(),
+                                                       allow_resumable=False)
              if any(d.startswith(k) for k in _SHAPE_KEYS)]
     if diffs:
       raise app.UsageError(
@@ -55,22 +57,32 @@ def restore(workdir: str, preset: str, num_seeds: int | None = None, step: int |
 
 
 def _set_networks(cfg, saved: dict) -> None:
-  """cfg.model and cfg.optim := the checkpoint's (its networks and the structure of its
-  optimiser states); keys added since it keep the values of checkpoints.ADDED_KEYS."""
+  """cfg.model and cfg.optim := the checkpoint's (the structure of its networks and of its
+  optimiser states), read as the code reads them now (`config_lib.upgrade`: moved keys at their
+  place, removed ones dropped); keys added since keep the values their sections declare for
+  older runs (`Section.added`)."""
   # pylint: disable=import-outside-toplevel
   import ml_collections
+  from bibound_jax import config_lib
   from experiments import checkpoints
+  sections = checkpoints.sections()
+  saved = config_lib.upgrade(saved, sections)
   with cfg.unlocked():
     for name in ('model', 'optim'):
       cfg[name] = ml_collections.ConfigDict(saved[name])
-    for key, value in checkpoints.ADDED_KEYS.items():
-      *path, leaf = key.split('.')
-      if path[0] in ('model', 'optim'):
+    for section in sections:
+      for leaf, value in section.added.items():
+        *path, name = section.key(leaf).split('.')
+        if path[0] not in ('model', 'optim'):
+          continue
         node = cfg
-        for part in path:
-          node = node[part]
-        if leaf not in node:
-          node[leaf] = value
+        try:
+          for part in path:
+            node = node[part]
+        except (KeyError, AttributeError):   # a network the run does not have
+          continue
+        if name not in node:
+          node[name] = value
 
 
 def define_flags() -> None:

@@ -1,0 +1,53 @@
+"""experiments/studies/cli.py: the command line's --config overrides in derived configs."""
+import pytest
+
+from configs import toy
+from experiments import cli
+
+
+def _locked(arg=''):
+  config = toy.get_config(arg)
+  config.lock()   # as config_flags leaves --config (lock_config=True)
+  return config
+
+
+def test_a_derived_config_takes_the_preset_then_the_changes_then_the_overrides():
+  base = _locked('authors')
+  given = {'train.num_steps': 60_000, 'model.energy.hidden': (256, 256)}
+  cfg = cli.derive(base, given, 'r1', {'train.num_seeds': 3, 'train.num_steps': 10})
+  assert (cfg.bounds.lower, cfg.bounds.upper) == ('sv', 'r1')
+  assert cfg.train.num_seeds == 3
+  assert cfg.train.num_steps == 60_000 and tuple(cfg.model.energy.hidden) == (256, 256)
+  assert cfg.model.generator.name == 'mlp'   # the file's argument (authors) stays
+  # The base is not touched; no preset keeps the file's.
+  assert (base.bounds.upper, base.train.num_steps, base.train.num_seeds) == ('gp', 150_000, 1)
+  assert cli.derive(base, {}).bounds.upper == 'gp'
+
+
+def test_an_override_of_a_preset_key_wins_over_every_preset():
+  # The SV lower bound with the diffusion upper bound: --presets=sv+gp --config.bounds.upper=diff.
+  for preset in ('sv+gp', 'mi+diff', 'wgan_gp'):
+    cfg = cli.derive(_locked(), {'bounds.upper': 'diff'}, preset)
+    assert cfg.bounds.upper == 'diff'
+
+
+def test_a_key_the_config_lacks_or_an_unknown_preset_is_refused():
+  with pytest.raises(KeyError, match='wieght'):
+    cli.derive(_locked(), {}, 'sv+gp', {'bounds.gp.wieght': 1.0})
+  with pytest.raises(ValueError, match="Unknown preset 'sv\\+diff'"):
+    cli.derive(_locked(), {}, 'sv+diff')
+
+
+def test_the_unknown_key_message_names_the_override():
+  argv = ['toy', '--config=configs/toy.py', '--config.train.num_steps=5',
+          '--config.bounds.gp.wieght=1']
+  message = cli.unknown_key_message(argv, AttributeError("'wieght'"))
+  assert message.startswith("--config.bounds.gp.wieght: config.bounds.gp has no key 'wieght'; "
+                            'its keys are: margin, schedule, weight.')
+  # A key that moved says where to.
+  argv[-1] = '--config.bounds.sv.estimator=exact_smin'
+  assert cli.unknown_key_message(argv, AttributeError("'estimator'")) == (
+      '--config.bounds.sv.estimator: this key moved to config.bounds.jacobian.estimator; pass '
+      '--config.bounds.jacobian.estimator=... instead.')
+  assert cli.describe('configs/toy.py:authors', {'train.num_steps': 5}) == (
+      '--config=configs/toy.py:authors --config.train.num_steps=5')
