@@ -81,26 +81,14 @@ class EnergyModel:
     """MCMC from the points x_start (N, *shape), `chunk` chains per compiled call (0: all);
     each chunk tunes its own step size during the warm-up."""
     support = support or self.section.support
-    settings = settings or self.settings
-    run = self._chain_program(support, settings)
-    x_start = np.asarray(x_start, np.float32)
-    chunk = chunk or len(x_start)
-    out, acc, eps, norm = [], [], [], []
-    for i, k in zip(range(0, len(x_start), chunk),
-                    jax.random.split(key, -(-len(x_start) // chunk))):
-      part = x_start[i:i + chunk]
-      pad = chunk - len(part)
-      part = np.resize(part, (chunk,) + part.shape[1:])   # one compilation for every chunk
-      y0 = standardise.to_y(sampling.to_space(jnp.reshape(jnp.asarray(part), (chunk, -1)),
+    run = self._chain_program(support, settings or self.settings)
+
+    def one(part, k):
+      y0 = standardise.to_y(sampling.to_space(jnp.reshape(jnp.asarray(part), (len(part), -1)),
                                               support))
       chains = run(params, standardise, y0, k)
-      x = sampling.from_space(standardise.to_w(chains.y), support)
-      out.append(np.asarray(x)[:chunk - pad].reshape((-1,) + self.shape))
-      acc.append(float(jnp.mean(chains.acceptance)) if chains.acceptance.size else float('nan'))
-      eps.append(float(chains.step_size))
-      norm.append(float(jnp.max(chains.max_norm)))
-    return Samples(np.concatenate(out), float(np.mean(acc)), float(np.mean(eps)),
-                   float(np.max(norm)))
+      return chains, sampling.from_space(standardise.to_w(chains.y), support)
+    return _in_chunks(one, np.asarray(x_start, np.float32), key, chunk, self.shape)
 
   @functools.cached_property
   def _latent_program(self):
@@ -114,18 +102,8 @@ class EnergyModel:
   def sample_latent(self, params, gen_state, z0, key, chunk: int = 0) -> Samples:
     """MEG's sampler: chains on p(z) ∝ exp(-E(G(z))) N(z; 0, I) from the latents z0 (N, d),
     `chunk` at a time; returns G of the final latents (inference-mode BatchNorm)."""
-    z0 = np.asarray(z0, np.float32)
-    chunk = chunk or len(z0)
-    out, acc, eps, norm = [], [], [], []
-    for i, k in zip(range(0, len(z0), chunk), jax.random.split(key, -(-len(z0) // chunk))):
-      part = np.resize(z0[i:i + chunk], (chunk, z0.shape[1]))
-      chains, x = self._latent_program(params, gen_state, jnp.asarray(part), k)
-      out.append(np.asarray(x)[:min(chunk, len(z0) - i)])
-      acc.append(float(jnp.mean(chains.acceptance)) if chains.acceptance.size else float('nan'))
-      eps.append(float(chains.step_size))
-      norm.append(float(jnp.max(chains.max_norm)))
-    return Samples(np.concatenate(out), float(np.mean(acc)), float(np.mean(eps)),
-                   float(np.max(norm)))
+    one = lambda part, k: self._latent_program(params, gen_state, jnp.asarray(part), k)
+    return _in_chunks(one, np.asarray(z0, np.float32), key, chunk, self.shape)
 
   @functools.cached_property
   def _ais(self):
@@ -168,3 +146,19 @@ class EnergyModel:
   @functools.cached_property
   def _mean_energy_program(self):
     return jax.jit(self._energy)
+
+
+def _in_chunks(run, start: np.ndarray, key, chunk: int, shape) -> Samples:
+  """`run(part, key) -> (sampling.Chains, x)` over `chunk` rows of `start` at a time (0: all;
+  the last chunk padded with repeated rows and cut, so that one compilation serves all)."""
+  chunk = chunk or len(start)
+  out, acc, eps, norm = [], [], [], []
+  for i, k in zip(range(0, len(start), chunk), jax.random.split(key, -(-len(start) // chunk))):
+    part = np.resize(start[i:i + chunk], (chunk,) + start.shape[1:])
+    chains, x = run(part, k)
+    out.append(np.asarray(x)[:min(chunk, len(start) - i)].reshape((-1,) + tuple(shape)))
+    acc.append(float(jnp.mean(chains.acceptance)) if chains.acceptance.size else float('nan'))
+    eps.append(float(chains.step_size))
+    norm.append(float(jnp.max(chains.max_norm)))
+  return Samples(np.concatenate(out), float(np.mean(acc)), float(np.mean(eps)),
+                 float(np.max(norm)))

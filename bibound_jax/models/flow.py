@@ -20,7 +20,7 @@ needs them for the density of a mixture of such flows.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -55,6 +55,45 @@ def rq_spline(x: jax.Array, raw_widths: jax.Array, raw_heights: jax.Array,
   return rq_spline_and_log_slope(x, raw_widths, raw_heights, raw_derivs, bound)[0]
 
 
+class _Bin(NamedTuple):
+  """The bin of each point: its knots (x0, y0), width w, height h, slope s = h / w and the knot
+  derivatives d0, d1 at its ends; `inside` marks points in [-bound, bound] and `at` the point
+  clipped to it."""
+  inside: jax.Array
+  at: jax.Array
+  x0: jax.Array
+  w: jax.Array
+  y0: jax.Array
+  h: jax.Array
+  d0: jax.Array
+  d1: jax.Array
+  s: jax.Array
+
+
+def _bin(u: jax.Array, raw_widths: jax.Array, raw_heights: jax.Array, raw_derivs: jax.Array,
+         bound: float, of_output: bool) -> _Bin:
+  """The spline's bin holding each u (...,): among the input knots, or among the output
+  knots (`of_output`, for the inverse)."""
+  xk, widths = _knots(raw_widths, bound)
+  yk, heights = _knots(raw_heights, bound)
+  one = jnp.ones(raw_derivs.shape[:-1] + (1,), raw_derivs.dtype)
+  derivs = jnp.concatenate([one, MIN_DERIV + jax.nn.softplus(raw_derivs), one], axis=-1)
+  inside = jnp.abs(u) < bound
+  uc = jnp.clip(u, -bound, bound)
+  knots = yk if of_output else xk
+  idx = jnp.clip(jnp.sum(uc[..., None] >= knots[..., 1:-1], axis=-1), 0, widths.shape[-1] - 1)
+  take = lambda a, i: jnp.take_along_axis(a, i[..., None], axis=-1)[..., 0]
+  x0, w, y0, h = take(xk, idx), take(widths, idx), take(yk, idx), take(heights, idx)
+  return _Bin(inside, uc, x0, w, y0, h, take(derivs, idx), take(derivs, idx + 1), h / w)
+
+
+def _log_slope(b: _Bin, xi: jax.Array, denom: jax.Array) -> jax.Array:
+  """log dy/dx at the point xi of its bin, denom = s + (d0 + d1 - 2 s) xi (1 - xi)."""
+  s, t = b.s, xi * (1.0 - xi)
+  numer = s * s * (b.d1 * xi * xi + 2.0 * s * t + b.d0 * (1.0 - xi) ** 2)
+  return jnp.log(numer) - 2.0 * jnp.log(denom)
+
+
 def rq_spline_and_log_slope(x: jax.Array, raw_widths: jax.Array, raw_heights: jax.Array,
                             raw_derivs: jax.Array, bound: float,
                             with_slope: bool = True) -> tuple[jax.Array, jax.Array | None]:
@@ -65,26 +104,15 @@ def rq_spline_and_log_slope(x: jax.Array, raw_widths: jax.Array, raw_heights: ja
   and 1 outside [-bound, bound]. Written out, so that log |det J| of the flow needs no
   automatic differentiation of the spline (docs/performance.md, "Start-up").
   """
-  xk, widths = _knots(raw_widths, bound)
-  yk, heights = _knots(raw_heights, bound)
-  one = jnp.ones(raw_derivs.shape[:-1] + (1,), raw_derivs.dtype)
-  derivs = jnp.concatenate([one, MIN_DERIV + jax.nn.softplus(raw_derivs), one], axis=-1)
-  inside = jnp.abs(x) < bound
-  xc = jnp.clip(x, -bound, bound)
-  idx = jnp.clip(jnp.sum(xc[..., None] >= xk[..., 1:-1], axis=-1), 0, widths.shape[-1] - 1)
-  take = lambda a, i: jnp.take_along_axis(a, i[..., None], axis=-1)[..., 0]
-  x0, w, y0, h = take(xk, idx), take(widths, idx), take(yk, idx), take(heights, idx)
-  d0, d1 = take(derivs, idx), take(derivs, idx + 1)
-  s = h / w
-  xi = (xc - x0) / w
+  b = _bin(x, raw_widths, raw_heights, raw_derivs, bound, of_output=False)
+  s, d0 = b.s, b.d0
+  xi = (b.at - b.x0) / b.w
   t = xi * (1.0 - xi)
-  denom = s + (d0 + d1 - 2.0 * s) * t
-  y = jnp.where(inside, y0 + h * (s * xi * xi + d0 * t) / denom, x)
+  denom = s + (d0 + b.d1 - 2.0 * s) * t
+  y = jnp.where(b.inside, b.y0 + b.h * (s * xi * xi + d0 * t) / denom, x)
   if not with_slope:
     return y, None
-  numer = s * s * (d1 * xi * xi + 2.0 * s * t + d0 * (1.0 - xi) ** 2)
-  log_slope = jnp.log(numer) - 2.0 * jnp.log(denom)
-  return y, jnp.where(inside, log_slope, 0.0)
+  return y, jnp.where(b.inside, _log_slope(b, xi, denom), 0.0)
 
 
 def rq_spline_inverse(y: jax.Array, raw_widths: jax.Array, raw_heights: jax.Array,
@@ -96,19 +124,10 @@ def rq_spline_inverse(y: jax.Array, raw_widths: jax.Array, raw_heights: jax.Arra
   c = -s_k delta, taken as xi = 2c / (-b - sqrt(b^2 - 4ac)) (Durkan et al., 2019, eq. 6-8: no
   cancellation); log dx/dy = -log dy/dx at x.
   """
-  xk, widths = _knots(raw_widths, bound)
-  yk, heights = _knots(raw_heights, bound)
-  one = jnp.ones(raw_derivs.shape[:-1] + (1,), raw_derivs.dtype)
-  derivs = jnp.concatenate([one, MIN_DERIV + jax.nn.softplus(raw_derivs), one], axis=-1)
-  inside = jnp.abs(y) < bound
-  yc = jnp.clip(y, -bound, bound)
-  idx = jnp.clip(jnp.sum(yc[..., None] >= yk[..., 1:-1], axis=-1), 0, widths.shape[-1] - 1)
-  take = lambda a, i: jnp.take_along_axis(a, i[..., None], axis=-1)[..., 0]
-  x0, w, y0, h = take(xk, idx), take(widths, idx), take(yk, idx), take(heights, idx)
-  d0, d1 = take(derivs, idx), take(derivs, idx + 1)
-  s = h / w
-  delta = yc - y0
-  big_d = d0 + d1 - 2.0 * s
+  bn = _bin(y, raw_widths, raw_heights, raw_derivs, bound, of_output=True)
+  s, h, d0 = bn.s, bn.h, bn.d0
+  delta = bn.at - bn.y0
+  big_d = d0 + bn.d1 - 2.0 * s
   a = h * (s - d0) + delta * big_d
   b = h * d0 - delta * big_d
   c = -s * delta
@@ -117,11 +136,9 @@ def rq_spline_inverse(y: jax.Array, raw_widths: jax.Array, raw_heights: jax.Arra
   disc = b * b - 4.0 * a * c
   root = jnp.where(disc > 0, jnp.sqrt(jnp.where(disc > 0, disc, 1.0)), 0.0)
   xi = jnp.clip(2.0 * c / (-b - root), 0.0, 1.0)
-  x = jnp.where(inside, x0 + xi * w, y)
-  t = xi * (1.0 - xi)
-  numer = s * s * (d1 * xi * xi + 2.0 * s * t + d0 * (1.0 - xi) ** 2)
-  log_slope = jnp.log(numer) - 2.0 * jnp.log(s + big_d * t)
-  return x, jnp.where(inside, -log_slope, 0.0)
+  x = jnp.where(bn.inside, bn.x0 + xi * bn.w, y)
+  log_slope = _log_slope(bn, xi, s + big_d * xi * (1.0 - xi))
+  return x, jnp.where(bn.inside, -log_slope, 0.0)
 
 
 class SplineFlowGenerator(nn.Module):
