@@ -125,6 +125,9 @@ def ais(log_p: sampling.LogDensity, dim: int, key: Array, *, num_chains: int = 6
   base_value_and_grad = jax.vmap(jax.value_and_grad(base.log_density))
   k_start, k_path = jax.random.split(key)
   y0 = base.sample(k_start, num_chains, dim)
+  placement = sampling.chain_sharding(num_chains)
+  if placement is not None:   # the chains split over the devices like a batch
+    y0 = jax.lax.with_sharding_constraint(y0, placement)
 
   def temperature(carry, inputs):
     y, log_w, eps = carry

@@ -196,6 +196,17 @@ class Chains:
   max_norm: Array
 
 
+def chain_sharding(num_chains: int):
+  """The sharding of a (num_chains, n) array of chains over every device, split like a batch
+  along the mesh's data axis (bibound_jax/sharding.py), or None on one device or when the
+  chains do not divide over the devices."""
+  from bibound_jax import sharding  # pylint: disable=import-outside-toplevel
+  n = jax.device_count()
+  if n == 1 or num_chains % n:
+    return None
+  return sharding.latent_sharding(sharding.make_mesh())
+
+
 def run_chains(log_p: LogDensity, y0: Array, key: Array, *, kernel_name: str = 'mala',
                num_steps: int = 100, num_warmup: int = 50, step_size: float = 0.01,
                target_accept: float | None = None, num_leapfrog: int = 5) -> Chains:
@@ -205,7 +216,9 @@ def run_chains(log_p: LogDensity, y0: Array, key: Array, *, kernel_name: str = '
   averaging toward `target_accept` (default: `default_target_accept`) on the chains' mean
   acceptance rate; the rest run at its final (averaged) value. Every step is a full MALA/HMC
   transition that leaves p invariant, so tuning only changes how fast the chains mix. jit it
-  with the sizes static (`functools.partial`); place y0 on a mesh to shard the chains."""
+  with the sizes static (`functools.partial`); place y0 on a mesh (`chain_sharding`) to shard
+  the chains: every step then runs on each device's chains, and the shared step size averages
+  the acceptance over all of them."""
   if not 0 <= num_warmup <= num_steps:
     raise ValueError(f'num_warmup = {num_warmup} must lie in [0, num_steps = {num_steps}].')
   init, step = kernel(kernel_name, num_leapfrog)

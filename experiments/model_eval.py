@@ -153,8 +153,11 @@ def _in_chunks(run, start: np.ndarray, key, chunk: int, shape) -> Samples:
   the last chunk padded with repeated rows and cut, so that one compilation serves all)."""
   chunk = chunk or len(start)
   out, acc, eps, norm = [], [], [], []
+  placement = sampling.chain_sharding(chunk)
   for i, k in zip(range(0, len(start), chunk), jax.random.split(key, -(-len(start) // chunk))):
     part = np.resize(start[i:i + chunk], (chunk,) + start.shape[1:])
+    if placement is not None:   # the chains split over the devices like a batch
+      part = jax.device_put(part, placement)
     chains, x = run(part, k)
     out.append(np.asarray(x)[:min(chunk, len(start) - i)].reshape((-1,) + tuple(shape)))
     acc.append(float(jnp.mean(chains.acceptance)) if chains.acceptance.size else float('nan'))

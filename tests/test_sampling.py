@@ -98,3 +98,42 @@ def test_bad_sample_settings_name_the_key():
   config.sample.num_warmup = 500
   with pytest.raises(config_schema.ConfigError, match='num_warmup'):
     config_lib.validate_config(config, ('25gaussians',))
+
+
+_SHARDED = '''
+import functools, sys, jax, jax.numpy as jnp, numpy as np
+from bibound_jax import likelihood, sampling
+energy = lambda x: 0.5 * jnp.sum(x ** 2, -1)
+log_p = sampling.data_log_density(energy, 'real', (3,))
+y0 = jax.random.normal(jax.random.key(0), (64, 3))
+placement = sampling.chain_sharding(64)
+if placement is not None:
+  y0 = jax.device_put(y0, placement)
+chains = jax.jit(functools.partial(sampling.run_chains, log_p, num_steps=40, num_warmup=20,
+                                   step_size=0.5))(y0, jax.random.key(1))
+run = jax.jit(lambda k: likelihood.ais(log_p, 3, k, num_chains=64, num_temps=50))(
+    jax.random.key(2))
+np.savez(sys.argv[1], y=np.asarray(chains.y), log_z=np.asarray(run.log_z),
+         devices=len(chains.y.sharding.device_set))
+'''
+
+
+def test_chains_and_ais_split_over_devices_like_a_batch(tmp_path):
+  """On 4 (fake CPU) devices the chains are sharded along the mesh's data axis and give the
+  one-device results, up to the rounding of the acceptance mean that tunes the step size."""
+  import os
+  import subprocess
+  import sys
+  out = {}
+  for devices in (1, 4):
+    env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
+        os.environ.get('XLA_FLAGS', '') + f' --xla_force_host_platform_device_count={devices}'))
+    path = tmp_path / f'{devices}.npz'
+    proc = subprocess.run([sys.executable, '-c', _SHARDED, str(path)], env=env,
+                          capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out[devices] = np.load(path)
+  assert int(out[1]['devices']) == 1 and int(out[4]['devices']) == 4
+  np.testing.assert_allclose(out[4]['y'], out[1]['y'], atol=1e-3)
+  np.testing.assert_allclose(out[4]['log_z'], out[1]['log_z'], atol=1e-3)
