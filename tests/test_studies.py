@@ -51,3 +51,18 @@ def test_the_unknown_key_message_names_the_override():
       '--config.bounds.jacobian.estimator=... instead.')
   assert cli.describe('configs/toy.py:authors', {'train.num_steps': 5}) == (
       '--config=configs/toy.py:authors --config.train.num_steps=5')
+
+
+def test_the_model_table_row_reads_a_full_evaluation(tmp_path):
+  import json
+  from experiments.studies import stackedmnist_model
+  record = {'step': 10}
+  for key, _, _ in stackedmnist_model.COLUMNS:
+    record.update({f'{key}/seed_0': 1.0, f'{key}/seed_1': 3.0, key: 2.0, f'{key}/std': 1.0})
+  record.update({'log_z_converged/seed_0': 1.0, 'log_z_converged/seed_1': 0.0,
+                 'normalisable_real/seed_0': 0.0, 'normalisable_real/seed_1': 0.0})
+  (tmp_path / 'eval').mkdir()
+  (tmp_path / 'eval' / 'metrics_10.json').write_text(json.dumps(record))
+  line = stackedmnist_model.row('mi+diff', str(tmp_path), 10)
+  assert line.startswith('| mi+diff | 10 | 2.0 +- 1.0 | 2.000 +- 1.000 |')
+  assert line.endswith('| 1/2 converged | no (2/2 seeds) |')

@@ -12,6 +12,8 @@ docs/studies/*.md); the speed benchmarks are in benchmarks/ (docs/performance.md
                    docs/studies/toy_baselines.md
   stackedmnist_kl  where a StackedMNIST KL(modes || uniform) comes from:
                    docs/studies/stackedmnist_sv_gp_kl.md, stackedmnist_mi_diff.md
+  stackedmnist_model  the energy as a model, from full evaluations (experiments.evaluate):
+                   docs/results.md, "p_theta: samples and likelihood"
   toy_checkpoint   restores a toy run for energy_wells and fold_precision
 Their --config and --config.KEY=VALUE flags are experiments/cli.py's.
 """
