@@ -10,11 +10,27 @@ from bibound_jax import bounds
 from bibound_jax import models
 from bibound_jax import sharding
 from bibound_jax import train
+from bibound_jax.data import toy
+from bibound_jax.models import flow
+
+
+# Points of the toy data that k-means sees for a mixture generator's init_shift = 'data'.
+DATA_INIT_POINTS = 20_000
 
 
 def networks(config) -> models.Networks:
-  """models.Networks(energy, generator, mi_net) for `config`."""
-  return models.create_models(config.model, config.data.shape, **bounds.network_options(config))
+  """models.Networks(energy, generator, mi_net) for `config`. A flow mixture with init_shift
+  'data' gets its components' starting shifts here: k-means centres of DATA_INIT_POINTS toy
+  points drawn with key(config.seed) (the same for every seed of the run)."""
+  nets = models.create_models(config.model, config.data.shape, **bounds.network_options(config))
+  gen = nets.generator
+  if isinstance(gen, models.FlowMixtureGenerator) and gen.init_shift == 'data':
+    k_data, k_means = jax.random.split(jax.random.key(config.seed))
+    x = toy.sample(config.data.name, k_data, DATA_INIT_POINTS)
+    centres = flow.kmeans_centres(x, gen.components, k_means)
+    nets = nets._replace(generator=gen.clone(
+        init_centres=tuple(tuple(float(v) for v in c) for c in centres)))
+  return nets
 
 
 def seeds(config) -> list[int]:

@@ -60,8 +60,8 @@ def mixture(config):
   mixture's exact entropy (docs/bounds.md, "A mixture of flows")."""
   config.model.generator = ml_collections.ConfigDict({
       'name': 'flow_mixture', 'latent_dim': 3, 'components': 25, 'entropy': 'exact',
-      'init_spread': 1.5, 'init_scale': 0.1, 'layers': 2, 'hidden': (64, 64), 'num_bins': 16,
-      'spline_range': 3.0})
+      'init_spread': 1.5, 'init_scale': 0.1, 'init_shift': 'uniform', 'layers': 2,
+      'hidden': (64, 64), 'num_bins': 16, 'spline_range': 3.0})
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple, Sequence
 
 from bibound_jax.models import mi
 from bibound_jax.models import registry
+from bibound_jax.models.flow import FlowMixtureGenerator
 from bibound_jax.models.noisy import NoisyGenerator
 
 ENERGIES = registry.ENERGIES

@@ -20,11 +20,12 @@ needs them for the density of a mixture of such flows.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bibound_jax.models.mi import MLP
 
@@ -245,6 +246,34 @@ def _log_normal(z):
 
 
 ENTROPIES = ('exact', 'components')
+INIT_SHIFTS = ('uniform', 'data')
+
+
+def kmeans_centres(x, k: int, key: jax.Array, iterations: int = 50) -> np.ndarray:
+  """K centres of the points x (N, n) by k-means: k-means++ seeding (each next centre drawn
+  with probability proportional to the squared distance to the nearest centre so far), then
+  Lloyd's iterations (each centre moves to the mean of its points; a centre left without
+  points stays). Float64 NumPy; (k, n)."""
+  x = np.asarray(x, np.float64)
+  if x.ndim != 2 or x.shape[0] < k:
+    raise ValueError(f'kmeans_centres: need (N, n) points with N >= k = {k}; got {x.shape}.')
+  rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+  centres = [x[rng.integers(x.shape[0])]]
+  d2 = np.sum((x - centres[0]) ** 2, -1)
+  for _ in range(1, k):
+    centres.append(x[rng.choice(x.shape[0], p=d2 / d2.sum())])
+    d2 = np.minimum(d2, np.sum((x - centres[-1]) ** 2, -1))
+  centres = np.stack(centres)
+  for _ in range(iterations):
+    nearest = np.argmin(np.sum((x[:, None] - centres[None]) ** 2, -1), -1)
+    counts = np.bincount(nearest, minlength=k)
+    sums = np.zeros_like(centres)
+    np.add.at(sums, nearest, x)
+    moved = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centres)
+    if np.allclose(moved, centres):
+      break
+    centres = moved
+  return centres
 
 
 class FlowMixtureGenerator(nn.Module):
@@ -268,8 +297,11 @@ class FlowMixtureGenerator(nn.Module):
   The GP score s = v . grad[-log p_g(G(z))] follows: exact with 'exact'; with 'components'
   the component's score, which is the mixture's wherever one component's responsibility is 1.
   A sample runs its own component forward (its parameters gathered: one flow pass); with
-  'exact' every component's inverse runs at it (K passes). Shifts start uniform in
-  [-init_spread, init_spread]^n, so the components start apart, and scales at init_scale.
+  'exact' every component's inverse runs at it (K passes). Scales start at init_scale;
+  shifts start uniform in [-init_spread, init_spread]^n (init_shift 'uniform'), so the
+  components start apart, or at `init_centres`, K centres of the data found by k-means
+  (init_shift 'data': `kmeans_centres`, set by `bibound_jax.assemble.networks`), as EM for a
+  Gaussian mixture starts.
   """
   latent_dim: int = 3
   data_shape: Sequence[int] = (2,)
@@ -277,6 +309,8 @@ class FlowMixtureGenerator(nn.Module):
   entropy: str = 'exact'
   init_spread: float = 2.0
   init_scale: float = 1.0
+  init_shift: str = 'uniform'   # 'uniform' or 'data' (see the class docstring)
+  init_centres: Any = None      # (K, n) nested tuple with init_shift 'data'; built, not config
   layers: int = 2
   hidden: Sequence[int] = (64, 64)
   num_bins: int = 16
@@ -295,9 +329,22 @@ class FlowMixtureGenerator(nn.Module):
                     axis_size=self.components, methods=['forward_and_log_det', 'inverse'])
     self.flows = flows(latent_dim=n, data_shape=(n,), layers=self.layers, hidden=self.hidden,
                        num_bins=self.num_bins, spline_range=self.spline_range)
-    spread = self.init_spread
-    self.shift = self.param('shift', lambda key, shape: jax.random.uniform(
-        key, shape, minval=-spread, maxval=spread), (self.components, n))
+    if self.init_shift not in INIT_SHIFTS:
+      raise ValueError(f'FlowMixtureGenerator: init_shift {self.init_shift!r}; valid: '
+                       f'{", ".join(INIT_SHIFTS)}.')
+    if self.init_shift == 'data':
+      if self.init_centres is None:
+        raise ValueError("FlowMixtureGenerator: init_shift 'data' needs init_centres (K, n): "
+                         'build the networks with bibound_jax.assemble.networks(config).')
+      centres = jnp.asarray(self.init_centres, jnp.float32)
+      if centres.shape != (self.components, n):
+        raise ValueError(f'FlowMixtureGenerator: init_centres has shape {centres.shape}; '
+                         f'expected (components, n) = {(self.components, n)}.')
+      init = lambda key, shape: centres
+    else:
+      spread = self.init_spread
+      init = lambda key, shape: jax.random.uniform(key, shape, minval=-spread, maxval=spread)
+    self.shift = self.param('shift', init, (self.components, n))
     self.log_scale = self.param('log_scale', nn.initializers.constant(math.log(self.init_scale)),
                                 (self.components, n))
 

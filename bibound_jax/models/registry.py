@@ -46,7 +46,7 @@ SECTIONS = (
 )
 GENERATORS = ('mlp', 'flow', 'flow_mixture', 'dcgan', 'resnet')
 # Fields set by the builder, not by the config.
-_BUILT = ('parent', 'name', 'data_shape', 'latent_dim')
+_BUILT = ('parent', 'name', 'data_shape', 'latent_dim', 'init_centres')
 
 
 def _is_28(data_shape) -> bool:
@@ -153,4 +153,11 @@ def resolve_generator(section, data_shape: Sequence[int]):
   if kwargs.get('entropy', 'exact') not in flow_lib.ENTROPIES:
     raise ValueError(f"config.model.generator.entropy = {kwargs['entropy']!r}; valid: "
                      f'{", ".join(flow_lib.ENTROPIES)}.')
+  if kwargs.get('init_shift', 'uniform') not in flow_lib.INIT_SHIFTS:
+    raise ValueError(f"config.model.generator.init_shift = {kwargs['init_shift']!r}; valid: "
+                     f'{", ".join(flow_lib.INIT_SHIFTS)}.')
+  if kwargs.get('init_shift') == 'data' and len(data_shape) != 1:
+    raise ValueError("config.model.generator.init_shift = 'data' starts the components at "
+                     'k-means centres of a toy data set; this data has shape '
+                     f"{data_shape}: use init_shift = 'uniform'.")
   return cls, dict(latent_dim=int(section['latent_dim']), data_shape=data_shape, **kwargs)
