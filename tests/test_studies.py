@@ -65,4 +65,9 @@ def test_the_model_table_row_reads_a_full_evaluation(tmp_path):
   (tmp_path / 'eval' / 'metrics_10.json').write_text(json.dumps(record))
   line = stackedmnist_model.row('mi+diff', str(tmp_path), 10)
   assert line.startswith('| mi+diff | 10 | 2.0 +- 1.0 | 2.000 +- 1.000 |')
-  assert line.endswith('| 1/2 converged | no (2/2 seeds) |')
+  assert line.endswith('| 2 +- 1 | 2 +- 1 | 1/2 converged | no (2/2 seeds) |')
+  # upper bound 'none' (an upper term of exactly 0 on every seed): no L_up to print
+  record.update({'upper_term': 0.0, 'upper_term/seed_0': 0.0, 'upper_term/seed_1': 0.0})
+  (tmp_path / 'eval' / 'metrics_10.json').write_text(json.dumps(record))
+  assert stackedmnist_model.row('none', str(tmp_path), 10).endswith(
+      '| 2 +- 1 | (no upper term) | 1/2 converged | no (2/2 seeds) |')

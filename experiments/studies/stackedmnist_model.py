@@ -47,6 +47,8 @@ def row(preset: str, workdir: str, step: int) -> str:
   converged = history.per_seed(record, 'log_z_converged')
   normalisable = history.per_seed(record, 'normalisable_real')
   cells = [_cell(record, key, fmt) for key, _, fmt in COLUMNS]
+  if 'upper_term' in record and not any(history.per_seed(record, 'upper_term')):
+    cells[-1] = '(no upper term)'   # upper bound 'none': its "L_up" is L_lo + 0
   ais = f'{int(sum(converged))}/{len(converged)} converged'
   real = 'yes' if all(normalisable) else f'no ({len(normalisable) - int(sum(normalisable))}' \
       f'/{len(normalisable)} seeds)'
