@@ -197,7 +197,8 @@ def _keep_if_finite(new: TrainState, old: TrainState, finite, skip: bool) -> Tra
 
 
 def energy_loss(e_params, state: BiboundState, x_data, z, key, lower, upper):
-  """loss_E = mean E(x_data) - mean E(sg x_fake) + upper term; (loss, (metrics, carry))."""
+  """loss_E = mean E(x_data) - mean E(sg x_fake) + upper term (+ its penalty, if any);
+  (loss, (metrics, carry))."""
   apply_fn = state.energy.apply_fn
   energy_fn = lambda x: apply_fn({'params': e_params}, x)
   gen = Generator(state.generator)
@@ -208,8 +209,10 @@ def energy_loss(e_params, state: BiboundState, x_data, z, key, lower, upper):
       energy_fn=energy_fn, energy_t_fn=lambda x, t: apply_fn({'params': e_params}, x, t),
       x_data=x_data, x_fake=x_fake, z=z, key=key, step=state.step, generator=gen)
   upper_term, metrics, carry = upper.term(inputs)
+  # A penalty on E's values (`energy_l2`) is in the loss but not in the bound: L_up and the
+  # sandwich's verdict use the bound's term alone.
   metrics = dict(metrics, energy_real=jnp.mean(e_real), energy_fake=jnp.mean(e_fake),
-                 upper_term=upper_term)
+                 upper_term=upper_term - metrics.get('energy_l2', 0.0))
   return metrics['energy_real'] - metrics['energy_fake'] + upper_term, (metrics, carry)
 
 

@@ -27,7 +27,7 @@ class EnergyL2(base.UpperBound):
   def term(self, inputs: base.EnergyInputs):
     e = jnp.concatenate([inputs.energy_fn(inputs.x_data), inputs.energy_fn(inputs.x_fake)])
     value = self.section.weight * jnp.mean(e ** 2)
-    return value, {'energy_l2': value}, None
+    return value, {'mean_e2': value}, None
 
 
 def test_a_new_bound_is_one_class_and_one_registry_entry(monkeypatch):
@@ -41,10 +41,10 @@ def test_a_new_bound_is_one_class_and_one_registry_entry(monkeypatch):
   batch = jax.random.normal(jax.random.key(0), (1, 1, 32, 2))
   _, metrics = train.make_train_step(cfg, donate=False)(state, batch, rng)
   metrics = assemble.seed_slice(metrics, 0)
-  assert float(metrics['energy_l2']) > 0
-  np.testing.assert_allclose(metrics['upper_term'], metrics['energy_l2'])
+  assert float(metrics['mean_e2']) > 0
+  np.testing.assert_allclose(metrics['upper_term'], metrics['mean_e2'])
   np.testing.assert_allclose(metrics['upper_bound'] - metrics['lower_bound'],
-                             metrics['energy_l2'], atol=1e-6)
+                             metrics['mean_e2'], atol=1e-6)
   cfg.bounds.energy_l2.weight = -1.0
   with pytest.raises(config_schema.ConfigError, match='bounds.energy_l2.weight = -1.0'):
     config_lib.validate_config(cfg, ('25gaussians',))
@@ -119,3 +119,30 @@ def test_which_bounds_bound_the_nll_on_r_d():
   assert lower == {'sv': (True, False), 'mi': (True, True), 'none': (False, False)}
   assert upper == {'gp': (True, False), 'diff': (True, True), 'none': (False, False),
                    'r1': (False, False), 'wgan_gp': (False, False)}
+
+
+def test_an_energy_penalty_is_in_the_loss_but_not_in_the_bound():
+  """bounds.gp.energy_l2 = a adds a (mean E(x_data)^2 + mean E(x_fake)^2) to the energy's loss;
+  the reported upper term (hence L_up and the sandwich's verdict) stays the GP term alone."""
+  cfg = toy.get_config()
+  cfg.train.batch_size = 32
+  _, state, _ = assemble.initial_state(cfg)
+  state = assemble.seed_slice(state, 0)
+  x = jax.random.normal(jax.random.key(0), (32, 2))
+  z = jax.random.normal(jax.random.key(1), (32, 2))
+  lower, _ = bounds.from_config(cfg)
+
+  def loss(a):
+    cfg.bounds.gp.energy_l2 = a
+    _, upper = bounds.from_config(cfg)
+    return train.energy_loss(state.energy.params, state, x, z, jax.random.key(2), lower, upper)
+
+  plain, (m0, _) = loss(0.0)
+  penalised, (m1, _) = loss(0.3)
+  assert 'energy_l2' not in m0
+  np.testing.assert_allclose(penalised - plain, m1['energy_l2'], rtol=1e-5)
+  # its data half exactly, its fake half at least 0.3 mean(E(fake))^2 (Jensen)
+  e_data = state.energy.apply_fn({'params': state.energy.params}, x)
+  fake_half = float(m1['energy_l2']) - 0.3 * float(jnp.mean(e_data ** 2))
+  assert fake_half >= 0.3 * float(m1['energy_fake']) ** 2 * (1 - 1e-5)
+  np.testing.assert_allclose(m1['upper_term'], m0['upper_term'], rtol=1e-6)

@@ -19,6 +19,7 @@ import dataclasses
 from typing import Any, Callable, ClassVar
 
 import jax
+import jax.numpy as jnp
 
 from bibound_jax import config_schema
 
@@ -151,3 +152,10 @@ class LowerBound(Bound):
   def mi_net_loss(self, mi_params, mi_net, x: Array, z: Array) -> Array:
     """The loss of the MI network (bounds that ask for one in `network_options`)."""
     raise NotImplementedError(f'lower bound {self.name!r} has no MI network.')
+
+
+def energy_l2(e_data, e_fake, a: float):
+  """a (mean E(x_data)^2 + mean E(x_fake)^2): a non-negative penalty on the energy's values
+  that an upper bound may add to its term (`energy_l2` of bounds.diff and bounds.gp). It ties
+  the depths of wells that nothing else relates (docs/bounds.md)."""
+  return a * (jnp.mean(e_data ** 2) + jnp.mean(e_fake ** 2))

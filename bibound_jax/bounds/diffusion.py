@@ -194,11 +194,6 @@ def diffusion_upper_term(dsm: Array, w_diff: float) -> Array:
   return w_diff * dsm
 
 
-def energy_l2(e_data: Array, e_fake: Array, a: float) -> Array:
-  """a (mean E(x_data)^2 + mean E(x_fake)^2): a non-negative penalty on the energy's values."""
-  return a * (jnp.mean(e_data ** 2) + jnp.mean(e_fake ** 2))
-
-
 class DiffusionBound(base.UpperBound):
   """`diff`: upper term w_diff * DSM of the generator's samples along the VP SDE, with a
   time-conditioned energy E(x, t) (E(x, 0) is the EBM). w_diff = T - t_min turns the average
@@ -246,7 +241,7 @@ class DiffusionBound(base.UpperBound):
                    importance_sampling=s.importance_sampling)
     value, metrics = diffusion_upper_term(dsm, s.weight), {'dsm': dsm}
     if s.energy_l2 > 0:
-      metrics['energy_l2'] = energy_l2(inputs.energy_fn(inputs.x_data),
+      metrics['energy_l2'] = base.energy_l2(inputs.energy_fn(inputs.x_data),
                                        inputs.energy_fn(inputs.x_fake), s.energy_l2)
       value = value + metrics['energy_l2']
     return value, metrics, None

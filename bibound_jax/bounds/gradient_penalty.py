@@ -84,10 +84,12 @@ class GPBound(base.UpperBound):
   bounds/jacobian.py), whose s_1 estimate it hands on as the carry.
 
   Config: weight a; schedule 'constant' (w = a) or 'decay' (w_t = a (2307 + t)^-0.55, the
-  authors' toy schedule with a = 0.7; `gp_weight`); margin zeta >= 0."""
+  authors' toy schedule with a = 0.7; `gp_weight`); margin zeta >= 0; energy_l2, the weight
+  of a penalty on E's values (`base.energy_l2`; 0: none), which is not part of the bound."""
   name = 'gp'
   uses_jacobian = True
-  DEFAULTS = dict(weight=1e-3, schedule='constant', margin=0.0)
+  DEFAULTS = dict(weight=1e-3, schedule='constant', margin=0.0, energy_l2=0.0)
+  ADDED = {'energy_l2': 0.0}
   MOVED = {'bounds.gp_weight': 'bounds.gp.weight', 'bounds.gp_weight_schedule':
            'bounds.gp.schedule', 'bounds.gp_margin': 'bounds.gp.margin'}
   # Stretched the decay over train.num_steps (a study of the toy's schedule).
@@ -100,7 +102,8 @@ class GPBound(base.UpperBound):
   @classmethod
   def validate(cls, config) -> None:
     config_schema.choice(config, 'bounds.gp.schedule', ('constant', 'decay'))
-    config_schema.positive(config, 'bounds.gp.weight', 'bounds.gp.margin', allow_zero=True)
+    config_schema.positive(config, 'bounds.gp.weight', 'bounds.gp.margin',
+                           'bounds.gp.energy_l2', allow_zero=True)
 
   def bounds_nll(self, data_dim: int, latent_dim: int) -> bool:
     return data_dim == latent_dim   # else KL(p_g || p_theta) = +inf for a surface's p_g
@@ -120,4 +123,10 @@ class GPBound(base.UpperBound):
                               self.jacobian.latent_chunk)
     gp = jnp.mean(per_sample)
     weight = gp_weight(inputs.step, self.section.weight, self.section.schedule)
-    return gp_upper_term(gp, weight, self.section.margin), {'gp': gp}, carry
+    value, metrics = gp_upper_term(gp, weight, self.section.margin), {'gp': gp}
+    if self.section.energy_l2 > 0:
+      metrics['energy_l2'] = base.energy_l2(inputs.energy_fn(inputs.x_data),
+                                            inputs.energy_fn(inputs.x_fake),
+                                            self.section.energy_l2)
+      value = value + metrics['energy_l2']
+    return value, metrics, carry
