@@ -43,7 +43,7 @@ def test_the_unknown_key_message_names_the_override():
           '--config.bounds.gp.wieght=1']
   message = cli.unknown_key_message(argv, AttributeError("'wieght'"))
   assert message.startswith("--config.bounds.gp.wieght: config.bounds.gp has no key 'wieght'; "
-                            'its keys are: margin, schedule, weight.')
+                            'its keys are: energy_l2, margin, schedule, weight.')
   # A key that moved says where to.
   argv[-1] = '--config.bounds.sv.estimator=exact_smin'
   assert cli.unknown_key_message(argv, AttributeError("'estimator'")) == (
