@@ -242,6 +242,6 @@ class DiffusionBound(base.UpperBound):
     value, metrics = diffusion_upper_term(dsm, s.weight), {'dsm': dsm}
     if s.energy_l2 > 0:
       metrics['energy_l2'] = base.energy_l2(inputs.energy_fn(inputs.x_data),
-                                       inputs.energy_fn(inputs.x_fake), s.energy_l2)
+                                            inputs.energy_fn(inputs.x_fake), s.energy_l2)
       value = value + metrics['energy_l2']
     return value, metrics, None
