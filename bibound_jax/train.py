@@ -209,11 +209,15 @@ def energy_loss(e_params, state: BiboundState, x_data, z, key, lower, upper):
       energy_fn=energy_fn, energy_t_fn=lambda x, t: apply_fn({'params': e_params}, x, t),
       x_data=x_data, x_fake=x_fake, z=z, key=key, step=state.step, generator=gen)
   upper_term, metrics, carry = upper.term(inputs)
-  # A penalty on E's values (`energy_l2`) is in the loss but not in the bound: L_up and the
-  # sandwich's verdict use the bound's term alone.
   metrics = dict(metrics, energy_real=jnp.mean(e_real), energy_fake=jnp.mean(e_fake),
-                 upper_term=upper_term - metrics.get('energy_l2', 0.0))
-  return metrics['energy_real'] - metrics['energy_fake'] + upper_term, (metrics, carry)
+                 upper_term=upper_term)
+  loss = metrics['energy_real'] - metrics['energy_fake'] + upper_term
+  # A penalty on E's values is in the loss but not in the bound (L_up uses upper_term alone).
+  penalty = upper.penalty(e_real, e_fake)
+  if penalty is not None:
+    metrics['energy_l2'] = penalty
+    loss = loss + penalty
+  return loss, (metrics, carry)
 
 
 def generator_loss(g_params, state: BiboundState, z, key, lower, carry=None,

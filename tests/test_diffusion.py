@@ -260,9 +260,8 @@ def test_toy_time_energy_keeps_the_toy_spectral_norm():
 
 
 def test_energy_l2_adds_the_penalty_on_the_energy_values_to_the_term():
-  """bounds.diff.energy_l2 = a: the term grows by a (mean E(x_data)^2 + mean E(x_fake)^2),
-  whose gradient reaches the energy's parameters; a = 0 leaves the term and its metrics as
-  they were."""
+  """bounds.diff.energy_l2 = a: the bound's penalty is a (mean E(x_data)^2 + mean
+  E(x_fake)^2), whose gradient reaches the energy's parameters; a = 0 gives none."""
   from bibound_jax.bounds import base
   from configs import toy
   cfg = toy.get_config('authors,mi+diff')
@@ -276,7 +275,12 @@ def test_energy_l2_adds_the_penalty_on_the_energy_values_to_the_term():
                                energy_t_fn=energy_t, x_data=x_data, x_fake=x_fake,
                                z=x_fake, key=jax.random.key(2), step=jnp.zeros((), jnp.int32),
                                generator=None)
-    value, metrics, _ = diff.DiffusionBound(cfg).term(inputs)
+    bound = diff.DiffusionBound(cfg)
+    value, metrics, _ = bound.term(inputs)
+    penalty = bound.penalty(inputs.energy_fn(x_data), inputs.energy_fn(x_fake))
+    if penalty is not None:
+      metrics = dict(metrics, energy_l2=penalty)
+      value = value + penalty
     return value, metrics
 
   plain, metrics = term(1.5, 0.0)

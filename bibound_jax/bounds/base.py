@@ -111,6 +111,14 @@ class UpperBound(Bound):
     (`LowerBound.reuses`), or None."""
     raise NotImplementedError
 
+  def penalty(self, e_data: Array, e_fake: Array) -> Array | None:
+    """The energy penalty `energy_l2` of bounds that declare it (bounds.diff, bounds.gp), from
+    E(x_data) and E(x_fake): added to loss_E, but not part of the bound (nor of L_up); None
+    where the bound has no such key or it is 0."""
+    if 'energy_l2' not in self.DEFAULTS or not self.section.energy_l2 > 0:
+      return None
+    return energy_l2(e_data, e_fake, self.section.energy_l2)
+
 
 @dataclasses.dataclass(frozen=True)
 class GeneratorInputs:
@@ -156,6 +164,6 @@ class LowerBound(Bound):
 
 def energy_l2(e_data, e_fake, a: float):
   """a (mean E(x_data)^2 + mean E(x_fake)^2): a non-negative penalty on the energy's values
-  that an upper bound may add to its term (`energy_l2` of bounds.diff and bounds.gp). It ties
-  the depths of wells that nothing else relates (docs/bounds.md)."""
+  (`UpperBound.penalty`). It ties the depths of wells that nothing else relates
+  (docs/bounds.md)."""
   return a * (jnp.mean(e_data ** 2) + jnp.mean(e_fake ** 2))

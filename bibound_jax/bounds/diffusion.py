@@ -239,9 +239,4 @@ class DiffusionBound(base.UpperBound):
                    VPSDE(beta_min=s.beta_min, beta_max=s.beta_max), t_min=s.t_min,
                    likelihood_weighting=s.likelihood_weighting,
                    importance_sampling=s.importance_sampling)
-    value, metrics = diffusion_upper_term(dsm, s.weight), {'dsm': dsm}
-    if s.energy_l2 > 0:
-      metrics['energy_l2'] = base.energy_l2(inputs.energy_fn(inputs.x_data),
-                                            inputs.energy_fn(inputs.x_fake), s.energy_l2)
-      value = value + metrics['energy_l2']
-    return value, metrics, None
+    return diffusion_upper_term(dsm, s.weight), {'dsm': dsm}, None

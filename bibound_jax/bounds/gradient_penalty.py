@@ -85,7 +85,7 @@ class GPBound(base.UpperBound):
 
   Config: weight a; schedule 'constant' (w = a) or 'decay' (w_t = a (2307 + t)^-0.55, the
   authors' toy schedule with a = 0.7; `gp_weight`); margin zeta >= 0; energy_l2, the weight
-  of a penalty on E's values (`base.energy_l2`; 0: none), which is not part of the bound."""
+  of a penalty on E's values (`base.UpperBound.penalty`; 0: none), not part of the bound."""
   name = 'gp'
   uses_jacobian = True
   DEFAULTS = dict(weight=1e-3, schedule='constant', margin=0.0, energy_l2=0.0)
@@ -123,10 +123,4 @@ class GPBound(base.UpperBound):
                               self.jacobian.latent_chunk)
     gp = jnp.mean(per_sample)
     weight = gp_weight(inputs.step, self.section.weight, self.section.schedule)
-    value, metrics = gp_upper_term(gp, weight, self.section.margin), {'gp': gp}
-    if self.section.energy_l2 > 0:
-      metrics['energy_l2'] = base.energy_l2(inputs.energy_fn(inputs.x_data),
-                                            inputs.energy_fn(inputs.x_fake),
-                                            self.section.energy_l2)
-      value = value + metrics['energy_l2']
-    return value, metrics, carry
+    return gp_upper_term(gp, weight, self.section.margin), {'gp': gp}, carry
